@@ -1,0 +1,10 @@
+//! deltarelay: a change-data-capture relay.
+//!
+//! Sources (Postgres logical replication) produce [`record::Change`]s grouped by upstream
+//! transaction; the [`log`] appends them durably with the source position and serves them back
+//! in order.
+
+pub mod config;
+pub mod log;
+pub mod record;
+pub mod source;

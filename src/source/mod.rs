@@ -1,0 +1,3 @@
+//! Upstream sources. Each owns one upstream connection and its position.
+
+pub mod postgres;

@@ -1,0 +1,5 @@
+//! The Postgres logical replication source (pgoutput).
+
+pub mod pgoutput;
+pub mod replication;
+pub mod values;
