@@ -1,1 +1,374 @@
-//! placeholder
+//! The change log: durable, ordered, key-compacted, with each source's position stored in the
+//! same local transaction as the changes it covers.
+//!
+//! [`Log`] is the handle the rest of the relay uses. Writes go through one writer thread
+//! ([`writer::LogWriter`]) so that appends never block the async runtime and decoding and
+//! writing overlap. A source takes a [`LogTxn`] (one writer at a time), streams changes into it
+//! and commits it with its new position; only then does it acknowledge upstream.
+
+pub mod cursor;
+pub mod reader;
+pub mod store;
+pub mod writer;
+
+pub use cursor::Cursor;
+pub use reader::{LogReader, ReadEntry};
+pub use writer::{Committed, StoredRecord};
+
+use crate::record::{Change, TxMeta};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Mutex, OwnedMutexGuard};
+use writer::LogWriter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log storage error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("log record encoding error: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("cannot create the log directory {dir}: {source}")]
+    Dir { dir: PathBuf, source: std::io::Error },
+    #[error("the log file is damaged: {0}")]
+    Corrupt(String),
+    #[error("invalid change: {0}")]
+    Invalid(String),
+    #[error("the log writer has stopped")]
+    Stopped,
+}
+
+/// Batches of changes in flight to the writer thread: bounds memory when the writer is slower
+/// than the source.
+const COMMAND_QUEUE: usize = 16;
+const COMMITTED_BROADCAST: usize = 1024;
+
+enum Command {
+    Begin,
+    Append(Arc<TxMeta>, Vec<Change>),
+    Commit { source: String, position: String, reply: oneshot::Sender<Result<Arc<Committed>, LogError>> },
+    Rollback,
+    Position { source: String, reply: oneshot::Sender<Result<Option<String>, LogError>> },
+}
+
+/// The relay's handle on the log. Cheap to clone.
+#[derive(Clone)]
+pub struct Log {
+    dir: PathBuf,
+    epoch: u32,
+    commands: mpsc::Sender<Command>,
+    write_lock: Arc<Mutex<()>>,
+    committed: broadcast::Sender<Arc<Committed>>,
+    head: watch::Receiver<u64>,
+}
+
+impl Log {
+    /// Opens (or creates) the log under `dir` and starts its writer thread.
+    pub fn open(dir: &Path) -> Result<Log, LogError> {
+        let writer = LogWriter::open(dir)?;
+        let epoch = writer.epoch();
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+        let (committed, _) = broadcast::channel(COMMITTED_BROADCAST);
+        let (head_tx, head) = watch::channel(writer.head_seq());
+        let announce = committed.clone();
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || run_writer(writer, receiver, announce, head_tx))
+            .map_err(|source| LogError::Dir { dir: dir.to_path_buf(), source })?;
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            epoch,
+            commands,
+            write_lock: Arc::new(Mutex::new(())),
+            committed,
+            head,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The stored position of `source`, if it ever committed.
+    pub async fn position(&self, source: &str) -> Result<Option<String>, LogError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Position { source: source.to_string(), reply }).await?;
+        answer.await.map_err(|_| LogError::Stopped)?
+    }
+
+    /// Starts a local transaction. Waits while another source holds one.
+    pub async fn begin(&self) -> Result<LogTxn, LogError> {
+        let guard = self.write_lock.clone().lock_owned().await;
+        self.send(Command::Begin).await?;
+        Ok(LogTxn { _guard: guard, commands: self.commands.clone(), appended: 0 })
+    }
+
+    /// Announcements of every commit, for live subscribers.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
+        self.committed.subscribe()
+    }
+
+    /// The last committed seq, updated after every commit.
+    pub fn head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+
+    /// A new read-only connection (blocking; use from a blocking context).
+    pub fn reader(&self) -> Result<LogReader, LogError> {
+        LogReader::open(&self.dir)
+    }
+
+    async fn send(&self, command: Command) -> Result<(), LogError> {
+        self.commands.send(command).await.map_err(|_| LogError::Stopped)
+    }
+}
+
+/// An open local transaction. Dropping it without commit rolls it back (at the next `begin`).
+pub struct LogTxn {
+    _guard: OwnedMutexGuard<()>,
+    commands: mpsc::Sender<Command>,
+    appended: usize,
+}
+
+impl LogTxn {
+    /// Queues changes of upstream transaction `tx`. Errors surface at [`LogTxn::commit`].
+    pub async fn append(&mut self, tx: Arc<TxMeta>, changes: Vec<Change>) -> Result<(), LogError> {
+        self.appended += changes.len();
+        self.commands.send(Command::Append(tx, changes)).await.map_err(|_| LogError::Stopped)
+    }
+
+    /// Changes queued so far in this local transaction.
+    pub fn appended(&self) -> usize {
+        self.appended
+    }
+
+    /// Stores `position` for `source` with everything appended, durably.
+    pub async fn commit(self, source: &str, position: String) -> Result<Arc<Committed>, LogError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Commit { source: source.to_string(), position, reply })
+            .await
+            .map_err(|_| LogError::Stopped)?;
+        answer.await.map_err(|_| LogError::Stopped)?
+    }
+
+    pub async fn rollback(self) {
+        let _ = self.commands.send(Command::Rollback).await;
+    }
+}
+
+fn run_writer(
+    mut writer: LogWriter,
+    mut commands: mpsc::Receiver<Command>,
+    committed: broadcast::Sender<Arc<Committed>>,
+    head: watch::Sender<u64>,
+) {
+    // The first error of a local transaction; later appends are ignored and commit reports it.
+    let mut failed: Option<LogError> = None;
+    while let Some(command) = commands.blocking_recv() {
+        match command {
+            Command::Begin => {
+                writer.rollback();
+                failed = None;
+            }
+            Command::Append(tx, changes) => {
+                if failed.is_some() {
+                    continue;
+                }
+                for change in changes {
+                    if let Err(e) = writer.append(&tx, change) {
+                        writer.rollback();
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            Command::Commit { source, position, reply } => {
+                let result = match failed.take() {
+                    Some(e) => Err(e),
+                    None => writer.commit(&source, &position).map(Arc::new),
+                };
+                if let Ok(done) = &result {
+                    head.send_replace(done.last_seq);
+                    // No subscribers is fine.
+                    let _ = committed.send(done.clone());
+                }
+                let _ = reply.send(result);
+            }
+            Command::Rollback => {
+                writer.rollback();
+                failed = None;
+            }
+            Command::Position { source, reply } => {
+                let _ = reply.send(writer.position(&source));
+            }
+        }
+    }
+    writer.rollback();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{ChangeRecord, Op, Row};
+    use serde_json::json;
+
+    fn row(value: serde_json::Value) -> Row {
+        value.as_object().cloned().unwrap()
+    }
+
+    fn tx(id: &str) -> Arc<TxMeta> {
+        Arc::new(TxMeta {
+            source: "pg".into(),
+            commit_time: "2025-01-15T11:00:00.000000Z".into(),
+            id: id.into(),
+            position: "0/1".into(),
+        })
+    }
+
+    fn upsert(op: Op, id: i64, after: serde_json::Value) -> Change {
+        Change {
+            collection: "public.t".into(),
+            op,
+            key: Some(row(json!({"id": id}))),
+            after: Some(row(after)),
+            ..Change::default()
+        }
+    }
+
+    fn delete(id: i64) -> Change {
+        Change { collection: "public.t".into(), op: Op::Delete, key: Some(row(json!({"id": id}))), ..Change::default() }
+    }
+
+    fn read_all(log: &Log) -> Vec<ChangeRecord> {
+        log.reader()
+            .unwrap()
+            .entries_after(0, 1_000_000)
+            .unwrap()
+            .into_iter()
+            .map(|e| serde_json::from_str(&e.record).unwrap())
+            .collect()
+    }
+
+    async fn commit(log: &Log, position: &str, changes: Vec<Change>) -> Arc<Committed> {
+        let mut txn = log.begin().await.unwrap();
+        txn.append(tx(position), changes).await.unwrap();
+        txn.commit("pg", position.into()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn keeps_the_latest_entry_per_key_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        commit(&log, "1", vec![upsert(Op::Insert, 1, json!({"id": 1, "v": "a"})), upsert(Op::Insert, 2, json!({"id": 2, "v": "b"}))]).await;
+        commit(&log, "2", vec![upsert(Op::Update, 1, json!({"id": 1, "v": "c"})), delete(2)]).await;
+        let records = read_all(&log);
+        let summary: Vec<_> = records.iter().map(|r| (r.op, r.key.clone().unwrap()["id"].clone())).collect();
+        assert_eq!(summary, vec![(Op::Update, json!(1)), (Op::Delete, json!(2))]);
+        assert_eq!(records[0].after.as_ref().unwrap()["v"], json!("c"));
+        let epoch = log.epoch();
+        assert_eq!(records[0].cursor, format!("{epoch}-3"));
+        assert_eq!(records[1].cursor, format!("{epoch}-4"));
+        assert_eq!(log.position("pg").await.unwrap().as_deref(), Some("2"));
+        assert_eq!(*log.head().borrow(), 4);
+    }
+
+    #[tokio::test]
+    async fn fills_unchanged_columns_from_the_previous_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        commit(&log, "1", vec![upsert(Op::Insert, 1, json!({"id": 1, "body": "long", "n": 1}))]).await;
+        let mut update = upsert(Op::Update, 1, json!({"id": 1, "n": 2}));
+        update.unchanged = vec!["body".into()];
+        let mut unknown = upsert(Op::Update, 9, json!({"id": 9, "n": 2}));
+        unknown.unchanged = vec!["body".into()];
+        commit(&log, "2", vec![update, unknown]).await;
+        let records = read_all(&log);
+        assert_eq!(records[0].after.as_ref().unwrap()["body"], json!("long"));
+        assert!(records[0].unchanged.is_empty());
+        assert_eq!(records[1].unchanged, vec!["body".to_string()]);
+        assert!(!records[1].after.as_ref().unwrap().contains_key("body"));
+    }
+
+    #[tokio::test]
+    async fn a_key_change_is_a_delete_and_an_insert() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        commit(&log, "1", vec![upsert(Op::Insert, 1, json!({"id": 1, "body": "x"}))]).await;
+        let mut update = upsert(Op::Update, 2, json!({"id": 2}));
+        update.old_key = Some(row(json!({"id": 1})));
+        update.unchanged = vec!["body".into()];
+        commit(&log, "2", vec![update]).await;
+        let records = read_all(&log);
+        assert_eq!(records.len(), 2);
+        assert_eq!((records[0].op, &records[0].key), (Op::Delete, &Some(row(json!({"id": 1})))));
+        assert_eq!((records[1].op, &records[1].key), (Op::Insert, &Some(row(json!({"id": 2})))));
+        assert_eq!(records[1].after.as_ref().unwrap()["body"], json!("x"));
+    }
+
+    #[tokio::test]
+    async fn truncate_replaces_its_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let mut other = upsert(Op::Insert, 1, json!({"id": 1}));
+        other.collection = "public.other".into();
+        commit(&log, "1", vec![upsert(Op::Insert, 1, json!({"id": 1})), other]).await;
+        let truncate = Change { collection: "public.t".into(), op: Op::Truncate, ..Change::default() };
+        let done = commit(&log, "2", vec![truncate, upsert(Op::Insert, 5, json!({"id": 5}))]).await;
+        let ops: Vec<_> = read_all(&log).iter().map(|r| (r.collection.clone(), r.op)).collect();
+        assert_eq!(
+            ops,
+            vec![("public.other".into(), Op::Insert), ("public.t".into(), Op::Truncate), ("public.t".into(), Op::Insert)]
+        );
+        assert_eq!(done.records.as_ref().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_append_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        commit(&log, "1", vec![upsert(Op::Insert, 1, json!({"id": 1}))]).await;
+        let mut txn = log.begin().await.unwrap();
+        let keyless = Change { collection: "public.t".into(), op: Op::Insert, ..Change::default() };
+        txn.append(tx("2"), vec![upsert(Op::Insert, 2, json!({"id": 2})), keyless]).await.unwrap();
+        let err = txn.commit("pg", "2".into()).await.unwrap_err();
+        assert!(err.to_string().contains("no key"), "{err}");
+        assert_eq!(read_all(&log).len(), 1);
+        assert_eq!(log.position("pg").await.unwrap().as_deref(), Some("1"));
+        // The next transaction continues the sequence without a hole or a reuse of a visible seq.
+        commit(&log, "3", vec![upsert(Op::Insert, 3, json!({"id": 3}))]).await;
+        let cursors: Vec<_> = read_all(&log).iter().map(|r| r.cursor.clone()).collect();
+        assert_eq!(cursors, vec![format!("{}-1", log.epoch()), format!("{}-2", log.epoch())]);
+    }
+
+    #[tokio::test]
+    async fn broadcasts_only_the_surviving_version_of_each_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let mut live = log.subscribe();
+        commit(&log, "1", vec![upsert(Op::Insert, 1, json!({"id": 1, "v": 1})), upsert(Op::Update, 1, json!({"id": 1, "v": 2}))]).await;
+        let done = live.recv().await.unwrap();
+        let records = done.records.as_ref().unwrap();
+        assert_eq!((done.after_seq, done.last_seq, records.len()), (0, 2, 1));
+        assert_eq!(records[0].seq, 2);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_epoch_head_and_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = {
+            let log = Log::open(dir.path()).unwrap();
+            commit(&log, "7", vec![upsert(Op::Insert, 1, json!({"id": 1}))]).await;
+            log.epoch()
+        };
+        let log = Log::open(dir.path()).unwrap();
+        assert_eq!(log.epoch(), epoch);
+        assert_eq!(*log.head().borrow(), 1);
+        assert_eq!(log.position("pg").await.unwrap().as_deref(), Some("7"));
+        commit(&log, "8", vec![upsert(Op::Insert, 2, json!({"id": 2}))]).await;
+        assert_eq!(read_all(&log)[1].cursor, format!("{epoch}-2"));
+    }
+}

@@ -1,8 +1,18 @@
 //! The Postgres logical replication source (pgoutput).
+//!
+//! [`PostgresSource`] checks prerequisites and the publication over an ordinary connection
+//! ([`catalog`]), streams the slot over a replication connection ([`replication`]), decodes
+//! pgoutput ([`pgoutput`]), turns rows into changes ([`changes`], [`values`]), appends them to the
+//! log and acknowledges upstream what the log holds durably ([`ack`]).
 
+pub mod ack;
+pub mod catalog;
+pub mod changes;
 pub mod lsn;
 pub mod pgoutput;
 pub mod replication;
+mod session;
 pub mod values;
 
 pub use lsn::Lsn;
+pub use session::{PostgresSource, SourceError};

@@ -1,0 +1,77 @@
+//! The SQLite file behind the log: opening it, its schema, and the small `meta` table.
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+
+pub const FILE_NAME: &str = "changes.sqlite3";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- One row per (collection, key): the latest change of that key. seq orders the log and is the
+-- cursor's second half; txn groups the entries of one upstream transaction (the seq of its
+-- first entry) so that pages never split a transaction.
+CREATE TABLE IF NOT EXISTS entries (
+    seq         INTEGER PRIMARY KEY,
+    txn         INTEGER NOT NULL,
+    collection  TEXT NOT NULL,
+    key         TEXT NOT NULL,          -- canonical JSON of the key; '' for a truncate
+    op          TEXT NOT NULL,
+    commit_time TEXT NOT NULL,
+    record      TEXT NOT NULL           -- the record as served, JSON
+);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_by_key ON entries (collection, key);
+CREATE INDEX IF NOT EXISTS entries_tombstones ON entries (seq) WHERE op IN ('delete', 'truncate');
+
+-- Each source's position: where to resume so that nothing is skipped or repeated.
+CREATE TABLE IF NOT EXISTS positions (
+    source     TEXT PRIMARY KEY,
+    position   TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
+pub fn log_path(dir: &Path) -> PathBuf {
+    dir.join(FILE_NAME)
+}
+
+/// Opens (creating if needed) the log for writing. WAL mode lets readers work beside the one
+/// writer; `synchronous = FULL` makes a commit durable before we acknowledge upstream.
+pub fn open_for_writing(dir: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(log_path(dir))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", -32_000)?; // KiB: bounded page cache
+    conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// Opens the log read-only (for the HTTP readers and tools).
+pub fn open_for_reading(dir: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        log_path(dir),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "cache_size", -8_000)?;
+    Ok(conn)
+}
+
+pub fn get_meta(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |row| row.get(0))
+        .optional()
+}
+
+pub fn set_meta(conn: &Connection, name: &str, value: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        [name, value],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! Ordinary-SQL conversations with the upstream database (tokio-postgres): prerequisites,
+//! the publication, the slot, table keys and column types.
+
+use super::values::{builtin_value_type, ValueType};
+use super::Lsn;
+use crate::config::split_table_name;
+use std::collections::HashMap;
+use tokio_postgres::Client;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Unusable(String),
+}
+
+/// Connects an ordinary (non-replication) session; the connection task runs in the background.
+pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "catalog connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Refuses to start when the server cannot do logical replication at all.
+pub async fn check_wal_level(client: &Client) -> Result<(), CatalogError> {
+    let level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
+    if level != "logical" {
+        return Err(CatalogError::Unusable(format!(
+            "wal_level is {level:?}, logical replication needs \"logical\": \
+             run ALTER SYSTEM SET wal_level = logical; and restart Postgres"
+        )));
+    }
+    Ok(())
+}
+
+/// Every configured table must exist and have a row identity we can key on.
+pub async fn check_tables(client: &Client, tables: &[String]) -> Result<(), CatalogError> {
+    for table in tables {
+        let Some((schema, name)) = split_table_name(table) else {
+            return Err(CatalogError::Unusable(format!("table {table:?} is not schema.table")));
+        };
+        let row = client
+            .query_opt(
+                "SELECT c.relreplident::text,
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&schema, &name],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Err(CatalogError::Unusable(format!(
+                "table {table} does not exist (or is not a table): check the tables list of this source"
+            )));
+        };
+        let identity: String = row.get(0);
+        let has_pk: bool = row.get(1);
+        let usable = match identity.as_str() {
+            "f" | "i" => true,
+            "d" => has_pk,
+            _ => false,
+        };
+        if !usable {
+            return Err(CatalogError::Unusable(format!(
+                "table {table} has no primary key and REPLICA IDENTITY {}, so its rows cannot be told apart: \
+                 add a primary key, or run ALTER TABLE {table} REPLICA IDENTITY FULL (or USING INDEX <unique index>)",
+                if identity == "n" { "NOTHING" } else { "DEFAULT" }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Creates the publication if missing, and adds configured tables it lacks.
+pub async fn ensure_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[String],
+    all_tables: bool,
+) -> Result<(), CatalogError> {
+    let existing = client
+        .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication])
+        .await?;
+    let quoted: Vec<String> = tables.iter().map(|t| quote_table(t)).collect();
+    match existing {
+        None if all_tables => {
+            tracing::info!(publication, "creating publication FOR ALL TABLES");
+            client
+                .batch_execute(&format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(publication)))
+                .await?;
+        }
+        None => {
+            tracing::info!(publication, tables = ?tables, "creating publication");
+            client
+                .batch_execute(&format!(
+                    "CREATE PUBLICATION {} FOR TABLE {}",
+                    quote_ident(publication),
+                    quoted.join(", ")
+                ))
+                .await?;
+        }
+        Some(row) => {
+            let is_all: bool = row.get(0);
+            if all_tables || is_all {
+                if all_tables != is_all {
+                    return Err(CatalogError::Unusable(format!(
+                        "publication {publication} exists {} FOR ALL TABLES but the config says otherwise: \
+                         drop it (DROP PUBLICATION {publication}) or fix tables",
+                        if is_all { "as" } else { "but not as" }
+                    )));
+                }
+                return Ok(());
+            }
+            let rows = client
+                .query(
+                    "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+                    &[&publication],
+                )
+                .await?;
+            let published: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            for (table, quoted) in tables.iter().zip(&quoted) {
+                if !published.contains(table) {
+                    tracing::info!(publication, table, "adding table to publication");
+                    client
+                        .batch_execute(&format!(
+                            "ALTER PUBLICATION {} ADD TABLE {quoted}",
+                            quote_ident(publication)
+                        ))
+                        .await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct SlotState {
+    pub confirmed_flush: Option<Lsn>,
+    /// `reserved`, `extended`, `unreserved` or `lost` (PG13+).
+    pub wal_status: Option<String>,
+    pub plugin: Option<String>,
+}
+
+pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>, CatalogError> {
+    let row = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text, wal_status, plugin::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(row.map(|row| SlotState {
+        confirmed_flush: row.get::<_, Option<String>>(0).and_then(|t| t.parse().ok()),
+        wal_status: row.get(1),
+        plugin: row.get(2),
+    }))
+}
+
+/// Primary-key column names of a table, in key order (empty without a primary key).
+pub async fn primary_key(client: &Client, relation_id: u32) -> Result<Vec<String>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text
+               FROM pg_index i
+               CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+              WHERE i.indrelid = $1 AND i.indisprimary
+              ORDER BY k.ord",
+            &[&relation_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Resolves type OIDs to [`ValueType`]s: built-ins directly, domains to their base type,
+/// user-defined arrays to their element type, enums and the rest to text.
+#[derive(Default)]
+pub struct TypeCache {
+    known: HashMap<u32, ValueType>,
+}
+
+impl TypeCache {
+    pub async fn resolve(&mut self, client: &Client, oid: u32) -> Result<ValueType, CatalogError> {
+        if let Some(t) = builtin_value_type(oid).or_else(|| self.known.get(&oid).copied()) {
+            return Ok(t);
+        }
+        let resolved = self.resolve_uncached(client, oid).await?;
+        self.known.insert(oid, resolved);
+        Ok(resolved)
+    }
+
+    async fn resolve_uncached(&self, client: &Client, oid: u32) -> Result<ValueType, CatalogError> {
+        // Follow domains down to their base type (bounded: domains over domains are rare).
+        let mut current = oid;
+        for _ in 0..16 {
+            if let Some(t) = builtin_value_type(current) {
+                return Ok(t);
+            }
+            let row = client
+                .query_opt(
+                    "SELECT typtype::text, typbasetype, typelem, typdelim::text, typcategory::text
+                       FROM pg_type WHERE oid = $1",
+                    &[&current],
+                )
+                .await?;
+            let Some(row) = row else { break };
+            let typtype: String = row.get(0);
+            let base: u32 = row.get(1);
+            let element: u32 = row.get(2);
+            let delimiter: String = row.get(3);
+            let category: String = row.get(4);
+            if typtype == "d" {
+                current = base;
+                continue;
+            }
+            if category == "A" && element != 0 {
+                let element = match Box::pin(self.resolve_uncached(client, element)).await? {
+                    ValueType::Scalar(e) => e,
+                    ValueType::Array { element, .. } => element,
+                };
+                return Ok(ValueType::Array {
+                    element,
+                    delimiter: delimiter.bytes().next().unwrap_or(b','),
+                });
+            }
+            break;
+        }
+        // Enums, composites, ranges, extension types: their text form.
+        Ok(ValueType::Scalar(current))
+    }
+}
+
+/// `schema.table` quoted as an identifier pair.
+pub fn quote_table(table: &str) -> String {
+    match split_table_name(table) {
+        Some((schema, name)) => format!("{}.{}", quote_ident(schema), quote_ident(name)),
+        None => quote_ident(table),
+    }
+}
+
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

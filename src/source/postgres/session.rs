@@ -1,0 +1,502 @@
+//! One Postgres source: connect, check, stream the slot into the log, acknowledge, reconnect.
+
+use super::ack::AckTracker;
+use super::catalog::{self, CatalogError, TypeCache};
+use super::changes::{ShapeError, TableShape};
+use super::pgoutput::{self, DecodeError, PgOutputMessage, Relation};
+use super::replication::{ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream};
+use super::Lsn;
+use crate::config::SourceConfig;
+use crate::log::{Log, LogError, LogTxn};
+use crate::record::{Change, TxMeta};
+use crate::source::backoff::Backoff;
+use crate::source::SourceStatus;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Changes handed to the log writer per message.
+const APPEND_BATCH: usize = 1000;
+/// A local commit is made once this many changes, or this much time, has gathered, even if more
+/// upstream transactions are already waiting (group commit amortizes the fsync otherwise).
+const GROUP_MAX_CHANGES: usize = 20_000;
+const GROUP_MAX_AGE: Duration = Duration::from_millis(20);
+/// Postgres expects a standby status update at least this often (wal_sender_timeout is 60 s).
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+/// A session that streamed this long resets the reconnect backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(60);
+
+/// Session parameters of the replication connection: they fix the text form of values.
+const SESSION_PARAMS: &[(&str, &str)] = &[
+    ("client_encoding", "UTF8"),
+    ("DateStyle", "ISO, MDY"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+    ("IntervalStyle", "postgres"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source {source_name}: {message}")]
+    Config { source_name: String, message: String },
+    #[error("catalog: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error("replication connection: {0}")]
+    Replication(#[from] ReplicationError),
+    #[error("pgoutput: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("{0}")]
+    Shape(#[from] ShapeError),
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    #[error("unexpected replication message: {0}")]
+    Protocol(String),
+    #[error("the server ended the replication stream")]
+    StreamEnded,
+    #[error(
+        "replication slot {slot} is {state}, but the log holds position {position} for this source: \
+         the changes in between are no longer available upstream. Stop the relay, move the log \
+         directory away and start again to rebuild the log from scratch"
+    )]
+    SlotLost { slot: String, state: &'static str, position: String },
+}
+
+impl SourceError {
+    /// Errors that retrying cannot fix: the relay stops and says why.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Config { .. } | SourceError::SlotLost { .. } | SourceError::Catalog(CatalogError::Unusable(_))
+        )
+    }
+}
+
+pub struct PostgresSource {
+    name: Arc<str>,
+    pg_config: tokio_postgres::Config,
+    slot: String,
+    publication: String,
+    tables: Vec<String>,
+    all_tables: bool,
+    log: Log,
+    status: watch::Sender<SourceStatus>,
+}
+
+impl PostgresSource {
+    pub fn new(config: &SourceConfig, log: Log) -> Result<PostgresSource, SourceError> {
+        let config_err = |message: String| SourceError::Config { source_name: config.name.clone(), message };
+        let url = config.resolve_url().map_err(config_err)?;
+        let pg_config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| config_err(format!("invalid Postgres URL: {e}")))?;
+        let status = SourceStatus {
+            name: config.name.clone(),
+            kind: "postgres",
+            slot: Some(config.slot_name()),
+            ..SourceStatus::default()
+        };
+        Ok(PostgresSource {
+            name: config.name.as_str().into(),
+            pg_config,
+            slot: config.slot_name(),
+            publication: config.publication_name(),
+            all_tables: config.all_tables(),
+            tables: if config.all_tables() { vec![] } else { config.tables.clone() },
+            log,
+            status: watch::channel(status).0,
+        })
+    }
+
+    pub fn status(&self) -> watch::Receiver<SourceStatus> {
+        self.status.subscribe()
+    }
+
+    /// Streams until `shutdown` turns true (or its sender goes away), reconnecting with backoff.
+    /// Returns an error only for problems retrying cannot fix.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), SourceError> {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            let started = Instant::now();
+            let result = self.session(&mut shutdown).await;
+            self.status.send_modify(|s| s.connected = false);
+            let error = match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_fatal() => {
+                    tracing::error!(source = %self.name, error = %e, "source stopped");
+                    self.status.send_modify(|s| s.last_error = Some(e.to_string()));
+                    return Err(e);
+                }
+                Err(e) => e,
+            };
+            if started.elapsed() > HEALTHY_SESSION {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            tracing::warn!(source = %self.name, error = %error, retry_in = ?delay, "replication session failed; reconnecting");
+            self.status.send_modify(|s| {
+                s.last_error = Some(error.to_string());
+                s.reconnects += 1;
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SourceError> {
+        let mut session = Session::open(self).await?;
+        let result = session.stream_changes(shutdown).await;
+        if let Err(e) = &result {
+            tracing::debug!(source = %self.name, error = %e, "abandoning the open local transaction");
+            session.abandon().await;
+        }
+        result
+    }
+}
+
+/// The upstream transaction being received.
+struct Upstream {
+    meta: Arc<TxMeta>,
+    buffer: Vec<Change>,
+    /// Already in the log (Postgres resent it after a restart).
+    skip: bool,
+}
+
+struct Session<'a> {
+    source: &'a PostgresSource,
+    client: tokio_postgres::Client,
+    stream: ReplicationStream,
+    types: TypeCache,
+    /// Tables by relation id; `None` for relations we do not sync.
+    tables: HashMap<u32, Option<TableShape>>,
+    synced: HashSet<String>,
+    ack: AckTracker,
+    /// The position the log holds durably.
+    durable: Lsn,
+    upstream: Option<Upstream>,
+    /// The open local transaction, possibly spanning several upstream transactions.
+    local: Option<LogTxn>,
+    local_changes: usize,
+    local_started: Option<Instant>,
+    /// End LSN of the last upstream commit appended to `local`.
+    pending_end: Option<Lsn>,
+}
+
+impl<'a> Session<'a> {
+    async fn open(source: &'a PostgresSource) -> Result<Session<'a>, SourceError> {
+        let client = catalog::connect(&source.pg_config).await.map_err(CatalogError::from)?;
+        catalog::check_wal_level(&client).await?;
+        catalog::check_tables(&client, &source.tables).await?;
+        catalog::ensure_publication(&client, &source.publication, &source.tables, source.all_tables).await?;
+
+        let stored = source.log.position(&source.name).await?;
+        let durable = match &stored {
+            Some(text) => text.parse::<Lsn>().map_err(|e| SourceError::Config {
+                source_name: source.name.to_string(),
+                message: format!("the log holds an unreadable position: {e}"),
+            })?,
+            None => Lsn(0),
+        };
+
+        let mut conn = ReplicationConnection::connect(&source.pg_config, SESSION_PARAMS).await?;
+        let system = conn.identify_system().await?;
+        match catalog::slot_state(&client, &source.slot).await? {
+            Some(slot) if slot.wal_status.as_deref() == Some("lost") => {
+                return Err(slot_lost(source, "invalidated (its WAL was removed)", stored));
+            }
+            Some(slot) if slot.plugin.as_deref() != Some("pgoutput") => {
+                return Err(SourceError::Config {
+                    source_name: source.name.to_string(),
+                    message: format!(
+                        "replication slot {} exists but uses plugin {:?}, not pgoutput: drop it or configure another slot name",
+                        source.slot, slot.plugin
+                    ),
+                });
+            }
+            Some(_) => {}
+            None if stored.is_some() => return Err(slot_lost(source, "missing", stored)),
+            None => {
+                let created = conn.create_logical_slot(&source.slot, false).await?;
+                tracing::info!(source = %source.name, slot = %source.slot, consistent_point = %created.consistent_point, "created replication slot");
+            }
+        }
+        let publication = source.publication.clone();
+        let stream = conn
+            .start_logical_replication(
+                &source.slot,
+                durable,
+                &[("proto_version", "1"), ("publication_names", &publication)],
+            )
+            .await?;
+        tracing::info!(
+            source = %source.name, slot = %source.slot, from = %durable, server_wal = %system.xlog_pos,
+            "streaming changes"
+        );
+        source.status.send_modify(|s| {
+            s.connected = true;
+            s.last_error = None;
+            s.position = stored.clone();
+            s.upstream_position = Some(system.xlog_pos.to_string());
+            s.lag_bytes = Some(system.xlog_pos.0.saturating_sub(durable.0));
+        });
+        Ok(Session {
+            source,
+            client,
+            stream,
+            types: TypeCache::default(),
+            tables: HashMap::new(),
+            synced: source.tables.iter().cloned().collect(),
+            ack: AckTracker::new(durable),
+            durable,
+            upstream: None,
+            local: None,
+            local_changes: 0,
+            local_started: None,
+            pending_end: None,
+        })
+    }
+
+    async fn stream_changes(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SourceError> {
+        let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
+        loop {
+            // Work through what has already arrived before touching the network: a burst of
+            // upstream transactions becomes one local commit.
+            while let Some(message) = self.stream.next_buffered()? {
+                self.handle(message).await?;
+                if self.upstream.is_none() && self.group_is_full() {
+                    self.commit_local().await?;
+                }
+            }
+            if self.upstream.is_none() {
+                self.commit_local().await?;
+            }
+            if *shutdown.borrow() {
+                return self.finish().await;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return self.finish().await,
+                message = self.stream.next_message() => match message? {
+                    Some(message) => self.handle(message).await?,
+                    None => return Err(SourceError::StreamEnded),
+                },
+                _ = status_timer.tick() => self.send_status(false).await?,
+            }
+        }
+    }
+
+    fn group_is_full(&self) -> bool {
+        self.local_changes >= GROUP_MAX_CHANGES
+            || self.local_started.is_some_and(|t| t.elapsed() >= GROUP_MAX_AGE)
+    }
+
+    async fn handle(&mut self, message: ReplicationMessage) -> Result<(), SourceError> {
+        match message {
+            ReplicationMessage::XLogData { data, wal_end, .. } => {
+                self.note_upstream_end(wal_end);
+                self.handle_pgoutput(pgoutput::decode(data)?).await
+            }
+            ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
+                self.note_upstream_end(wal_end);
+                self.ack.on_keepalive(wal_end);
+                if reply_requested {
+                    self.send_status(false).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn handle_pgoutput(&mut self, message: PgOutputMessage) -> Result<(), SourceError> {
+        match message {
+            PgOutputMessage::Begin { final_lsn, commit_time, xid } => {
+                if self.upstream.is_some() {
+                    return Err(SourceError::Protocol(format!("Begin of {xid} inside another transaction")));
+                }
+                self.ack.on_begin();
+                self.upstream = Some(Upstream {
+                    meta: Arc::new(TxMeta {
+                        source: self.source.name.clone(),
+                        commit_time: pgoutput::pg_micros_to_rfc3339(commit_time),
+                        id: xid.to_string(),
+                        position: final_lsn.to_string(),
+                    }),
+                    buffer: Vec::new(),
+                    // A commit that starts before the stored end is at or before it: logged.
+                    skip: final_lsn < self.durable,
+                });
+            }
+            PgOutputMessage::Commit { end_lsn, .. } => {
+                let upstream = self.upstream.take().ok_or_else(|| {
+                    SourceError::Protocol(format!("Commit ending at {end_lsn} outside a transaction"))
+                })?;
+                if upstream.skip {
+                    self.ack.on_skipped_commit(end_lsn);
+                } else {
+                    self.append(upstream.meta, upstream.buffer).await?;
+                    self.pending_end = Some(end_lsn);
+                    self.ack.on_commit(end_lsn);
+                }
+            }
+            PgOutputMessage::Relation(relation) => self.learn(relation).await?,
+            PgOutputMessage::Insert { relation_id, new } => {
+                self.change(relation_id, |table| table.insert(&new).map(|c| vec![c])).await?
+            }
+            PgOutputMessage::Update { relation_id, old, new } => {
+                self.change(relation_id, |table| table.update(old.as_ref(), &new).map(|c| vec![c])).await?
+            }
+            PgOutputMessage::Delete { relation_id, old } => {
+                self.change(relation_id, |table| table.delete(&old).map(|c| vec![c])).await?
+            }
+            PgOutputMessage::Truncate { relation_ids, .. } => {
+                for relation_id in relation_ids {
+                    self.change(relation_id, |table| Ok(vec![table.truncate()])).await?;
+                }
+            }
+            PgOutputMessage::Type { .. } | PgOutputMessage::Origin { .. } | PgOutputMessage::Message { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// (Re-)learns a table's shape: sent before its first change in every session and again
+    /// after its schema changed.
+    async fn learn(&mut self, relation: Relation) -> Result<(), SourceError> {
+        let collection = format!("{}.{}", relation.namespace, relation.name);
+        if !self.source.all_tables && !self.synced.contains(&collection) {
+            tracing::debug!(source = %self.source.name, %collection, "ignoring a table that is not configured");
+            self.tables.insert(relation.id, None);
+            return Ok(());
+        }
+        let mut value_types = Vec::with_capacity(relation.columns.len());
+        for column in &relation.columns {
+            value_types.push(self.types.resolve(&self.client, column.type_oid).await?);
+        }
+        let primary_key = catalog::primary_key(&self.client, relation.id).await?;
+        let shape = match TableShape::new(&relation, &primary_key, value_types) {
+            Ok(shape) => Some(shape),
+            Err(e @ ShapeError::NoKey(..)) if self.source.all_tables => {
+                tracing::warn!(source = %self.source.name, error = %e, "skipping a table without a key");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.tables.insert(relation.id, shape);
+        Ok(())
+    }
+
+    async fn change(
+        &mut self,
+        relation_id: u32,
+        make: impl FnOnce(&TableShape) -> Result<Vec<Change>, ShapeError>,
+    ) -> Result<(), SourceError> {
+        let upstream = self
+            .upstream
+            .as_mut()
+            .ok_or_else(|| SourceError::Protocol(format!("a row change of relation {relation_id} outside a transaction")))?;
+        if upstream.skip {
+            return Ok(());
+        }
+        let table = self.tables.get(&relation_id).ok_or_else(|| {
+            SourceError::Protocol(format!("a row change of relation {relation_id} before its Relation message"))
+        })?;
+        let Some(table) = table else { return Ok(()) };
+        upstream.buffer.extend(make(table)?);
+        if upstream.buffer.len() >= APPEND_BATCH {
+            let meta = upstream.meta.clone();
+            let batch = std::mem::take(&mut upstream.buffer);
+            self.append(meta, batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Streams changes into the open local transaction (opening one if needed), so a huge
+    /// upstream transaction never sits in memory.
+    async fn append(&mut self, meta: Arc<TxMeta>, changes: Vec<Change>) -> Result<(), SourceError> {
+        if self.local.is_none() {
+            self.local = Some(self.source.log.begin().await?);
+            self.local_started = Some(Instant::now());
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.local_changes += changes.len();
+        if let Some(local) = self.local.as_mut() {
+            local.append(meta, changes).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything appended durable with the new position, then acknowledges upstream.
+    async fn commit_local(&mut self) -> Result<(), SourceError> {
+        let Some(end) = self.pending_end.take() else { return Ok(()) };
+        let local = match self.local.take() {
+            Some(local) => local,
+            None => self.source.log.begin().await?,
+        };
+        let committed = local.commit(&self.source.name, end.to_string()).await?;
+        tracing::trace!(source = %self.source.name, position = %end, last_seq = committed.last_seq, "log commit");
+        self.local_changes = 0;
+        self.local_started = None;
+        self.durable = end;
+        self.ack.on_durable(end);
+        let position = end.to_string();
+        self.source.status.send_modify(|s| s.position = Some(position));
+        self.send_status(false).await
+    }
+
+    /// Clean stop: keep what is complete, drop a half-received transaction (Postgres resends
+    /// it), and tell upstream what is durable.
+    async fn finish(&mut self) -> Result<(), SourceError> {
+        if self.upstream.is_some() {
+            self.abandon().await;
+        } else {
+            self.commit_local().await?;
+        }
+        self.send_status(false).await?;
+        tracing::info!(source = %self.source.name, position = %self.durable, "stopped streaming");
+        Ok(())
+    }
+
+    async fn abandon(&mut self) {
+        self.pending_end = None;
+        if let Some(local) = self.local.take() {
+            local.rollback().await;
+        }
+    }
+
+    async fn send_status(&mut self, reply_requested: bool) -> Result<(), SourceError> {
+        let flushed = self.ack.flushed();
+        self.stream.send_status(self.ack.received(), flushed, flushed, reply_requested).await?;
+        Ok(())
+    }
+
+    fn note_upstream_end(&mut self, wal_end: Lsn) {
+        if wal_end.0 == 0 {
+            return;
+        }
+        let durable = self.durable;
+        self.source.status.send_if_modified(|s| {
+            let text = wal_end.to_string();
+            if s.upstream_position.as_deref() == Some(text.as_str()) {
+                return false;
+            }
+            s.upstream_position = Some(text);
+            s.lag_bytes = Some(wal_end.0.saturating_sub(durable.0));
+            true
+        });
+    }
+}
+
+fn slot_lost(source: &PostgresSource, state: &'static str, stored: Option<String>) -> SourceError {
+    SourceError::SlotLost {
+        slot: source.slot.clone(),
+        state,
+        position: stored.unwrap_or_default(),
+    }
+}
