@@ -5,6 +5,8 @@
 //! in order.
 
 pub mod config;
+pub mod http;
 pub mod log;
 pub mod record;
+pub mod relay;
 pub mod source;
