@@ -304,8 +304,11 @@ impl<'a> Session<'a> {
             }
             ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
                 self.note_upstream_end(wal_end);
+                let before = self.ack.flushed();
                 self.ack.on_keepalive(wal_end);
-                if reply_requested {
+                // Reply at once when asked, and when an idle slot can move forward: Postgres
+                // sends these keepalives only while our reported position lags its own.
+                if reply_requested || self.ack.flushed() > before {
                     self.send_status(false).await?;
                 }
                 Ok(())
