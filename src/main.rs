@@ -40,7 +40,10 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.log.format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -64,7 +67,9 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DELTARELAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -101,7 +106,10 @@ async fn check(config: &Config) -> anyhow::Result<()> {
     let mut failures = 0;
     for source in &config.sources {
         if source.kind != SourceKind::Postgres {
-            println!("skip {}: checks for this kind are not available yet", source.name);
+            println!(
+                "skip {}: checks for this kind are not available yet",
+                source.name
+            );
             continue;
         }
         let url = source.resolve_url().map_err(anyhow::Error::msg)?;
@@ -114,10 +122,20 @@ async fn check(config: &Config) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let tables = if source.all_tables() { vec![] } else { source.tables.clone() };
+        let tables = if source.all_tables() {
+            vec![]
+        } else {
+            source.tables.clone()
+        };
         for (what, result) in [
-            ("wal_level is logical", catalog::check_wal_level(&client).await),
-            ("every table exists and has a key", catalog::check_tables(&client, &tables).await),
+            (
+                "wal_level is logical",
+                catalog::check_wal_level(&client).await,
+            ),
+            (
+                "every table exists and has a key",
+                catalog::check_tables(&client, &tables).await,
+            ),
         ] {
             match result {
                 Ok(()) => println!("ok   {}: {what}", source.name),

@@ -20,7 +20,9 @@ pub async fn serve(
     state: AppState,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let app = Router::new().route("/healthz", get(|| async { "ok" })).with_state(state);
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;

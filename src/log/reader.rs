@@ -19,7 +19,9 @@ pub struct LogReader {
 
 impl LogReader {
     pub fn open(dir: &Path) -> Result<LogReader, LogError> {
-        Ok(LogReader { conn: store::open_for_reading(dir)? })
+        Ok(LogReader {
+            conn: store::open_for_reading(dir)?,
+        })
     }
 
     pub fn epoch(&self) -> Result<Option<u32>, LogError> {
@@ -35,9 +37,11 @@ impl LogReader {
     pub fn position(&self, source: &str) -> Result<Option<String>, LogError> {
         Ok(self
             .conn
-            .query_row("SELECT position FROM positions WHERE source = ?1", [source], |row| {
-                row.get(0)
-            })
+            .query_row(
+                "SELECT position FROM positions WHERE source = ?1",
+                [source],
+                |row| row.get(0),
+            )
             .optional()?)
     }
 
@@ -58,7 +62,9 @@ impl LogReader {
 
     /// Number of entries in the log.
     pub fn entry_count(&self) -> Result<u64, LogError> {
-        let n: i64 = self.conn.query_row("SELECT count(*) FROM entries", [], |row| row.get(0))?;
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM entries", [], |row| row.get(0))?;
         Ok(n as u64)
     }
 }

@@ -34,7 +34,11 @@ tables = [{tables}]
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The relay binary running in its own process.
@@ -50,7 +54,12 @@ impl RelayProcess {
     pub fn start(dir: &Path, config_text: &str) -> RelayProcess {
         let config = dir.join("deltarelay.toml");
         std::fs::write(&config, config_text).unwrap();
-        let mut relay = RelayProcess { child: None, config, stderr: dir.join("relay.log"), runs: 0 };
+        let mut relay = RelayProcess {
+            child: None,
+            config,
+            stderr: dir.join("relay.log"),
+            runs: 0,
+        };
         relay.spawn();
         relay
     }
@@ -58,7 +67,11 @@ impl RelayProcess {
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "relay already running");
         self.runs += 1;
-        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr).unwrap();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_deltarelay"))
             .args(["run", "--config"])
             .arg(&self.config)
@@ -81,13 +94,20 @@ impl RelayProcess {
     /// SIGTERM and wait; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "relay did not exit after SIGTERM\n{}", self.output());
+            assert!(
+                Instant::now() < deadline,
+                "relay did not exit after SIGTERM\n{}",
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -118,7 +138,9 @@ impl Drop for RelayProcess {
 
 /// Every entry of the log, in log order.
 pub fn read_log(dir: &Path) -> Vec<ChangeRecord> {
-    let Ok(reader) = LogReader::open(dir) else { return vec![] };
+    let Ok(reader) = LogReader::open(dir) else {
+        return vec![];
+    };
     reader
         .entries_after(0, usize::MAX >> 1)
         .unwrap_or_default()
@@ -162,5 +184,8 @@ pub fn assert_cursors_increase(records: &[ChangeRecord]) {
         .iter()
         .map(|r| r.cursor.split_once('-').unwrap().1.parse().unwrap())
         .collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "cursors do not strictly increase");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "cursors do not strictly increase"
+    );
 }
