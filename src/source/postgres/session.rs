@@ -170,12 +170,20 @@ impl PostgresSource {
 
     async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SourceError> {
         let mut session = Session::open(self).await?;
-        let result = session.stream_changes(shutdown).await;
-        if let Err(e) = &result {
-            tracing::debug!(source = %self.name, error = %e, "abandoning the open local transaction");
-            session.abandon().await;
+        match session.stream_changes(shutdown).await {
+            Ok(()) => {
+                // CopyDone, so the server sees a clean end rather than a dropped connection.
+                if let Err(e) = session.stream.close().await {
+                    tracing::debug!(source = %self.name, error = %e, "closing the replication stream");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(source = %self.name, error = %e, "abandoning the open local transaction");
+                session.abandon().await;
+                Err(e)
+            }
         }
-        result
     }
 }
 
