@@ -40,7 +40,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen() }
+        HttpConfig {
+            listen: default_listen(),
+        }
     }
 }
 
@@ -135,7 +137,9 @@ impl SourceConfig {
     }
 
     pub fn slot_name(&self) -> String {
-        self.slot.clone().unwrap_or_else(|| format!("deltarelay_{}", self.name))
+        self.slot
+            .clone()
+            .unwrap_or_else(|| format!("deltarelay_{}", self.name))
     }
 
     pub fn publication_name(&self) -> String {
@@ -153,7 +157,10 @@ impl SourceConfig {
 impl Config {
     /// Loads `path`, applies `DELTARELAY__SECTION__KEY` overrides, and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let load_err = |source| ConfigError::Load { path: path.to_path_buf(), source };
+        let load_err = |source| ConfigError::Load {
+            path: path.to_path_buf(),
+            source,
+        };
         let raw = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(
@@ -228,7 +235,10 @@ fn validate_postgres(source: &SourceConfig) -> Result<(), String> {
             }
         }
     }
-    for (what, name) in [("slot", source.slot_name()), ("publication", source.publication_name())] {
+    for (what, name) in [
+        ("slot", source.slot_name()),
+        ("publication", source.publication_name()),
+    ] {
         if !is_simple_name(&name) {
             return Err(format!(
                 "source {:?}: {what} name {name:?} must be 1-48 characters of a-z, 0-9 and _",
@@ -297,10 +307,20 @@ tables = ["public.events", "public.users"]
     #[test]
     fn loads_the_minimal_file() {
         let config = load_text(MINIMAL).unwrap();
-        assert_eq!(config.log.tombstone_retention, Duration::from_secs(30 * 86400));
+        assert_eq!(
+            config.log.tombstone_retention,
+            Duration::from_secs(30 * 86400)
+        );
         let source = &config.sources[0];
         assert_eq!(source.slot_name(), "deltarelay_app_pg");
         assert_eq!(source.tables, vec!["public.events", "public.users"]);
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/deltarelay.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.sources[0].tables.len(), 2);
     }
 
     #[test]
@@ -324,6 +344,9 @@ tables = ["public.events", "public.users"]
             "url_env = \"DELTARELAY_TEST_SURELY_UNSET\"",
         );
         let err = load_text(&text).unwrap_err();
-        assert!(err.to_string().contains("DELTARELAY_TEST_SURELY_UNSET"), "{err}");
+        assert!(
+            err.to_string().contains("DELTARELAY_TEST_SURELY_UNSET"),
+            "{err}"
+        );
     }
 }

@@ -110,7 +110,10 @@ mod tests {
             changed: None,
             unchanged: vec![],
             commit_time: "2025-01-15T11:00:00.123456Z".into(),
-            tx: TxInfo { id: "771".into(), position: "0/16B3748".into() },
+            tx: TxInfo {
+                id: "771".into(),
+                position: "0/16B3748".into(),
+            },
         };
         let text = serde_json::to_string(&record).unwrap();
         assert_eq!(
@@ -123,7 +126,10 @@ mod tests {
 
     #[test]
     fn key_text_keeps_column_order() {
-        let key = json!({"tenant": 1, "id": "a"}).as_object().cloned().unwrap();
+        let key = json!({"tenant": 1, "id": "a"})
+            .as_object()
+            .cloned()
+            .unwrap();
         assert_eq!(key_text(&key), r#"{"tenant":1,"id":"a"}"#);
     }
 }

@@ -40,7 +40,10 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
         .await
         .with_context(|| format!("listening on {}", config.http.listen))?;
     tracing::info!(listen = %config.http.listen, "serving HTTP");
-    let state = AppState { log: log.clone(), sources: statuses };
+    let state = AppState {
+        log: log.clone(),
+        sources: statuses,
+    };
     let mut server = tokio::spawn(http::serve(listener, state, shutdown.clone()));
 
     tokio::pin!(stop);

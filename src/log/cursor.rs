@@ -26,7 +26,8 @@ impl FromStr for Cursor {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseCursorError(s.chars().take(100).collect());
         let (epoch, seq) = s.split_once('-').ok_or_else(err)?;
-        let digits = |t: &str| !t.is_empty() && t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit());
+        let digits =
+            |t: &str| !t.is_empty() && t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit());
         if !digits(epoch) || !digits(seq) {
             return Err(err());
         }
@@ -50,7 +51,19 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for s in ["", "7", "7-", "-1", "a-1", "1-b", "1--2", "+1-2", "1-2-3", "99999999999-1", "1-99999999999999999999999"] {
+        for s in [
+            "",
+            "7",
+            "7-",
+            "-1",
+            "a-1",
+            "1-b",
+            "1--2",
+            "+1-2",
+            "1-2-3",
+            "99999999999-1",
+            "1-99999999999999999999999",
+        ] {
             assert!(s.parse::<Cursor>().is_err(), "{s}");
         }
     }

@@ -28,7 +28,10 @@ pub enum LogError {
     #[error("log record encoding error: {0}")]
     Json(#[from] serde_json::Error),
     #[error("cannot create the log directory {dir}: {source}")]
-    Dir { dir: PathBuf, source: std::io::Error },
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the log file is damaged: {0}")]
     Corrupt(String),
     #[error("invalid change: {0}")]
@@ -45,9 +48,16 @@ const COMMITTED_BROADCAST: usize = 1024;
 enum Command {
     Begin,
     Append(Arc<TxMeta>, Vec<Change>),
-    Commit { source: String, position: String, reply: oneshot::Sender<Result<Arc<Committed>, LogError>> },
+    Commit {
+        source: String,
+        position: String,
+        reply: oneshot::Sender<Result<Arc<Committed>, LogError>>,
+    },
     Rollback,
-    Position { source: String, reply: oneshot::Sender<Result<Option<String>, LogError>> },
+    Position {
+        source: String,
+        reply: oneshot::Sender<Result<Option<String>, LogError>>,
+    },
 }
 
 /// The relay's handle on the log. Cheap to clone.
@@ -73,7 +83,10 @@ impl Log {
         std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || run_writer(writer, receiver, announce, head_tx))
-            .map_err(|source| LogError::Dir { dir: dir.to_path_buf(), source })?;
+            .map_err(|source| LogError::Dir {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
         Ok(Log {
             dir: dir.to_path_buf(),
             epoch,
@@ -95,7 +108,11 @@ impl Log {
     /// The stored position of `source`, if it ever committed.
     pub async fn position(&self, source: &str) -> Result<Option<String>, LogError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Position { source: source.to_string(), reply }).await?;
+        self.send(Command::Position {
+            source: source.to_string(),
+            reply,
+        })
+        .await?;
         answer.await.map_err(|_| LogError::Stopped)?
     }
 
@@ -103,7 +120,11 @@ impl Log {
     pub async fn begin(&self) -> Result<LogTxn, LogError> {
         let guard = self.write_lock.clone().lock_owned().await;
         self.send(Command::Begin).await?;
-        Ok(LogTxn { _guard: guard, commands: self.commands.clone(), appended: 0 })
+        Ok(LogTxn {
+            _guard: guard,
+            commands: self.commands.clone(),
+            appended: 0,
+        })
     }
 
     /// Announcements of every commit, for live subscribers.
@@ -122,7 +143,10 @@ impl Log {
     }
 
     async fn send(&self, command: Command) -> Result<(), LogError> {
-        self.commands.send(command).await.map_err(|_| LogError::Stopped)
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| LogError::Stopped)
     }
 }
 
@@ -137,7 +161,10 @@ impl LogTxn {
     /// Queues changes of upstream transaction `tx`. Errors surface at [`LogTxn::commit`].
     pub async fn append(&mut self, tx: Arc<TxMeta>, changes: Vec<Change>) -> Result<(), LogError> {
         self.appended += changes.len();
-        self.commands.send(Command::Append(tx, changes)).await.map_err(|_| LogError::Stopped)
+        self.commands
+            .send(Command::Append(tx, changes))
+            .await
+            .map_err(|_| LogError::Stopped)
     }
 
     /// Changes queued so far in this local transaction.
@@ -149,7 +176,11 @@ impl LogTxn {
     pub async fn commit(self, source: &str, position: String) -> Result<Arc<Committed>, LogError> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Commit { source: source.to_string(), position, reply })
+            .send(Command::Commit {
+                source: source.to_string(),
+                position,
+                reply,
+            })
             .await
             .map_err(|_| LogError::Stopped)?;
         answer.await.map_err(|_| LogError::Stopped)?
@@ -186,7 +217,11 @@ fn run_writer(
                     }
                 }
             }
-            Command::Commit { source, position, reply } => {
+            Command::Commit {
+                source,
+                position,
+                reply,
+            } => {
                 let result = match failed.take() {
                     Some(e) => Err(e),
                     None => writer.commit(&source, &position).map(Arc::new),
@@ -240,7 +275,12 @@ mod tests {
     }
 
     fn delete(id: i64) -> Change {
-        Change { collection: "public.t".into(), op: Op::Delete, key: Some(row(json!({"id": id}))), ..Change::default() }
+        Change {
+            collection: "public.t".into(),
+            op: Op::Delete,
+            key: Some(row(json!({"id": id}))),
+            ..Change::default()
+        }
     }
 
     fn read_all(log: &Log) -> Vec<ChangeRecord> {
@@ -263,11 +303,30 @@ mod tests {
     async fn keeps_the_latest_entry_per_key_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path()).unwrap();
-        commit(&log, "1", vec![upsert(Op::Insert, 1, json!({"id": 1, "v": "a"})), upsert(Op::Insert, 2, json!({"id": 2, "v": "b"}))]).await;
-        commit(&log, "2", vec![upsert(Op::Update, 1, json!({"id": 1, "v": "c"})), delete(2)]).await;
+        commit(
+            &log,
+            "1",
+            vec![
+                upsert(Op::Insert, 1, json!({"id": 1, "v": "a"})),
+                upsert(Op::Insert, 2, json!({"id": 2, "v": "b"})),
+            ],
+        )
+        .await;
+        commit(
+            &log,
+            "2",
+            vec![upsert(Op::Update, 1, json!({"id": 1, "v": "c"})), delete(2)],
+        )
+        .await;
         let records = read_all(&log);
-        let summary: Vec<_> = records.iter().map(|r| (r.op, r.key.clone().unwrap()["id"].clone())).collect();
-        assert_eq!(summary, vec![(Op::Update, json!(1)), (Op::Delete, json!(2))]);
+        let summary: Vec<_> = records
+            .iter()
+            .map(|r| (r.op, r.key.clone().unwrap()["id"].clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![(Op::Update, json!(1)), (Op::Delete, json!(2))]
+        );
         assert_eq!(records[0].after.as_ref().unwrap()["v"], json!("c"));
         let epoch = log.epoch();
         assert_eq!(records[0].cursor, format!("{epoch}-3"));
@@ -280,7 +339,16 @@ mod tests {
     async fn fills_unchanged_columns_from_the_previous_entry() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path()).unwrap();
-        commit(&log, "1", vec![upsert(Op::Insert, 1, json!({"id": 1, "body": "long", "n": 1}))]).await;
+        commit(
+            &log,
+            "1",
+            vec![upsert(
+                Op::Insert,
+                1,
+                json!({"id": 1, "body": "long", "n": 1}),
+            )],
+        )
+        .await;
         let mut update = upsert(Op::Update, 1, json!({"id": 1, "n": 2}));
         update.unchanged = vec!["body".into()];
         let mut unknown = upsert(Op::Update, 9, json!({"id": 9, "n": 2}));
@@ -297,15 +365,26 @@ mod tests {
     async fn a_key_change_is_a_delete_and_an_insert() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path()).unwrap();
-        commit(&log, "1", vec![upsert(Op::Insert, 1, json!({"id": 1, "body": "x"}))]).await;
+        commit(
+            &log,
+            "1",
+            vec![upsert(Op::Insert, 1, json!({"id": 1, "body": "x"}))],
+        )
+        .await;
         let mut update = upsert(Op::Update, 2, json!({"id": 2}));
         update.old_key = Some(row(json!({"id": 1})));
         update.unchanged = vec!["body".into()];
         commit(&log, "2", vec![update]).await;
         let records = read_all(&log);
         assert_eq!(records.len(), 2);
-        assert_eq!((records[0].op, &records[0].key), (Op::Delete, &Some(row(json!({"id": 1})))));
-        assert_eq!((records[1].op, &records[1].key), (Op::Insert, &Some(row(json!({"id": 2})))));
+        assert_eq!(
+            (records[0].op, &records[0].key),
+            (Op::Delete, &Some(row(json!({"id": 1}))))
+        );
+        assert_eq!(
+            (records[1].op, &records[1].key),
+            (Op::Insert, &Some(row(json!({"id": 2}))))
+        );
         assert_eq!(records[1].after.as_ref().unwrap()["body"], json!("x"));
     }
 
@@ -315,13 +394,34 @@ mod tests {
         let log = Log::open(dir.path()).unwrap();
         let mut other = upsert(Op::Insert, 1, json!({"id": 1}));
         other.collection = "public.other".into();
-        commit(&log, "1", vec![upsert(Op::Insert, 1, json!({"id": 1})), other]).await;
-        let truncate = Change { collection: "public.t".into(), op: Op::Truncate, ..Change::default() };
-        let done = commit(&log, "2", vec![truncate, upsert(Op::Insert, 5, json!({"id": 5}))]).await;
-        let ops: Vec<_> = read_all(&log).iter().map(|r| (r.collection.clone(), r.op)).collect();
+        commit(
+            &log,
+            "1",
+            vec![upsert(Op::Insert, 1, json!({"id": 1})), other],
+        )
+        .await;
+        let truncate = Change {
+            collection: "public.t".into(),
+            op: Op::Truncate,
+            ..Change::default()
+        };
+        let done = commit(
+            &log,
+            "2",
+            vec![truncate, upsert(Op::Insert, 5, json!({"id": 5}))],
+        )
+        .await;
+        let ops: Vec<_> = read_all(&log)
+            .iter()
+            .map(|r| (r.collection.clone(), r.op))
+            .collect();
         assert_eq!(
             ops,
-            vec![("public.other".into(), Op::Insert), ("public.t".into(), Op::Truncate), ("public.t".into(), Op::Insert)]
+            vec![
+                ("public.other".into(), Op::Insert),
+                ("public.t".into(), Op::Truncate),
+                ("public.t".into(), Op::Insert)
+            ]
         );
         assert_eq!(done.records.as_ref().unwrap().len(), 2);
     }
@@ -332,8 +432,17 @@ mod tests {
         let log = Log::open(dir.path()).unwrap();
         commit(&log, "1", vec![upsert(Op::Insert, 1, json!({"id": 1}))]).await;
         let mut txn = log.begin().await.unwrap();
-        let keyless = Change { collection: "public.t".into(), op: Op::Insert, ..Change::default() };
-        txn.append(tx("2"), vec![upsert(Op::Insert, 2, json!({"id": 2})), keyless]).await.unwrap();
+        let keyless = Change {
+            collection: "public.t".into(),
+            op: Op::Insert,
+            ..Change::default()
+        };
+        txn.append(
+            tx("2"),
+            vec![upsert(Op::Insert, 2, json!({"id": 2})), keyless],
+        )
+        .await
+        .unwrap();
         let err = txn.commit("pg", "2".into()).await.unwrap_err();
         assert!(err.to_string().contains("no key"), "{err}");
         assert_eq!(read_all(&log).len(), 1);
@@ -341,7 +450,10 @@ mod tests {
         // The next transaction continues the sequence without a hole or a reuse of a visible seq.
         commit(&log, "3", vec![upsert(Op::Insert, 3, json!({"id": 3}))]).await;
         let cursors: Vec<_> = read_all(&log).iter().map(|r| r.cursor.clone()).collect();
-        assert_eq!(cursors, vec![format!("{}-1", log.epoch()), format!("{}-2", log.epoch())]);
+        assert_eq!(
+            cursors,
+            vec![format!("{}-1", log.epoch()), format!("{}-2", log.epoch())]
+        );
     }
 
     #[tokio::test]
@@ -349,7 +461,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path()).unwrap();
         let mut live = log.subscribe();
-        commit(&log, "1", vec![upsert(Op::Insert, 1, json!({"id": 1, "v": 1})), upsert(Op::Update, 1, json!({"id": 1, "v": 2}))]).await;
+        commit(
+            &log,
+            "1",
+            vec![
+                upsert(Op::Insert, 1, json!({"id": 1, "v": 1})),
+                upsert(Op::Update, 1, json!({"id": 1, "v": 2})),
+            ],
+        )
+        .await;
         let done = live.recv().await.unwrap();
         let records = done.records.as_ref().unwrap();
         assert_eq!((done.after_seq, done.last_seq, records.len()), (0, 2, 1));

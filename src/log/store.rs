@@ -63,8 +63,10 @@ pub fn open_for_reading(dir: &Path) -> rusqlite::Result<Connection> {
 }
 
 pub fn get_meta(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
-    conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |row| row.get(0))
-        .optional()
+    conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |row| {
+        row.get(0)
+    })
+    .optional()
 }
 
 pub fn set_meta(conn: &Connection, name: &str, value: &str) -> rusqlite::Result<()> {

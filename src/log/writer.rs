@@ -5,7 +5,7 @@
 use super::cursor::Cursor;
 use super::store;
 use super::LogError;
-use crate::record::{key_text, ChangeRecord, Op, Row, TxInfo, TxMeta, Change};
+use crate::record::{key_text, Change, ChangeRecord, Op, Row, TxInfo, TxMeta};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::Path;
@@ -68,12 +68,17 @@ impl LogWriter {
             }
         };
         let committed_seq = match store::get_meta(&conn, "head_seq")? {
-            Some(text) => text
-                .parse()
-                .map_err(|_| LogError::Corrupt(format!("meta head_seq {text:?} is not a number")))?,
+            Some(text) => text.parse().map_err(|_| {
+                LogError::Corrupt(format!("meta head_seq {text:?} is not a number"))
+            })?,
             None => 0,
         };
-        Ok(LogWriter { conn, epoch, committed_seq, open: None })
+        Ok(LogWriter {
+            conn,
+            epoch,
+            committed_seq,
+            open: None,
+        })
     }
 
     pub fn epoch(&self) -> u32 {
@@ -87,9 +92,11 @@ impl LogWriter {
     pub fn position(&self, source: &str) -> Result<Option<String>, LogError> {
         Ok(self
             .conn
-            .query_row("SELECT position FROM positions WHERE source = ?1", [source], |row| {
-                row.get(0)
-            })
+            .query_row(
+                "SELECT position FROM positions WHERE source = ?1",
+                [source],
+                |row| row.get(0),
+            )
             .optional()?)
     }
 
@@ -109,13 +116,32 @@ impl LogWriter {
     /// Appends one change of the upstream transaction `tx` to the open local transaction.
     pub fn append(&mut self, tx: &Arc<TxMeta>, change: Change) -> Result<(), LogError> {
         self.ensure_open()?;
-        let Change { collection, op, key, old_key, mut after, before, changed, mut unchanged } =
-            change;
+        let Change {
+            collection,
+            op,
+            key,
+            old_key,
+            mut after,
+            before,
+            changed,
+            mut unchanged,
+        } = change;
         if op == Op::Truncate {
             self.conn
                 .prepare_cached("DELETE FROM entries WHERE collection = ?1")?
                 .execute([&collection])?;
-            return self.write(tx, Entry { collection, op, key: None, after: None, before: None, changed: None, unchanged: vec![] });
+            return self.write(
+                tx,
+                Entry {
+                    collection,
+                    op,
+                    key: None,
+                    after: None,
+                    before: None,
+                    changed: None,
+                    unchanged: vec![],
+                },
+            );
         }
         let key = key.ok_or_else(|| {
             LogError::Invalid(format!("a {} in {collection} carries no key", op.as_str()))
@@ -128,10 +154,43 @@ impl LogWriter {
         match old_key {
             Some(old_key) => {
                 // A key change: the old key is gone, the new key is new.
-                self.write(tx, Entry { collection: collection.clone(), op: Op::Delete, key: Some(old_key), after: None, before, changed: None, unchanged: vec![] })?;
-                self.write(tx, Entry { collection, op: Op::Insert, key: Some(key), after, before: None, changed: None, unchanged })
+                self.write(
+                    tx,
+                    Entry {
+                        collection: collection.clone(),
+                        op: Op::Delete,
+                        key: Some(old_key),
+                        after: None,
+                        before,
+                        changed: None,
+                        unchanged: vec![],
+                    },
+                )?;
+                self.write(
+                    tx,
+                    Entry {
+                        collection,
+                        op: Op::Insert,
+                        key: Some(key),
+                        after,
+                        before: None,
+                        changed: None,
+                        unchanged,
+                    },
+                )
             }
-            None => self.write(tx, Entry { collection, op, key: Some(key), after, before, changed, unchanged }),
+            None => self.write(
+                tx,
+                Entry {
+                    collection,
+                    op,
+                    key: Some(key),
+                    after,
+                    before,
+                    changed,
+                    unchanged,
+                },
+            ),
         }
     }
 
@@ -148,7 +207,9 @@ impl LogWriter {
             .prepare_cached("SELECT record FROM entries WHERE collection = ?1 AND key = ?2")?
             .query_row(params![collection, key_text(key)], |row| row.get(0))
             .optional()?;
-        let Some(previous) = previous else { return Ok(()) };
+        let Some(previous) = previous else {
+            return Ok(());
+        };
         let previous: ChangeRecord = serde_json::from_str(&previous)?;
         let (Some(previous_after), Some(after)) = (previous.after, after.as_mut()) else {
             return Ok(());
@@ -164,7 +225,10 @@ impl LogWriter {
     }
 
     fn write(&mut self, tx: &Arc<TxMeta>, entry: Entry) -> Result<(), LogError> {
-        let open = self.open.as_mut().ok_or_else(|| LogError::Invalid("no open transaction".into()))?;
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| LogError::Invalid("no open transaction".into()))?;
         let seq = open.next_seq;
         open.next_seq += 1;
         let txn = match &open.last_tx {
@@ -176,7 +240,11 @@ impl LogWriter {
         };
         let key = entry.key.as_ref().map(key_text).unwrap_or_default();
         let record = ChangeRecord {
-            cursor: Cursor { epoch: self.epoch, seq }.to_string(),
+            cursor: Cursor {
+                epoch: self.epoch,
+                seq,
+            }
+            .to_string(),
             source: tx.source.to_string(),
             collection: entry.collection,
             op: entry.op,
@@ -186,7 +254,10 @@ impl LogWriter {
             changed: entry.changed,
             unchanged: entry.unchanged,
             commit_time: tx.commit_time.clone(),
-            tx: TxInfo { id: tx.id.clone(), position: tx.position.clone() },
+            tx: TxInfo {
+                id: tx.id.clone(),
+                position: tx.position.clone(),
+            },
         };
         let json: Arc<str> = serde_json::to_string(&record)?.into();
         self.conn
@@ -203,7 +274,16 @@ impl LogWriter {
                 record.commit_time,
                 &*json
             ])?;
-        open.remember_for_broadcast(StoredRecord { seq, txn, collection: record.collection, op: record.op, json }, key);
+        open.remember_for_broadcast(
+            StoredRecord {
+                seq,
+                txn,
+                collection: record.collection,
+                op: record.op,
+                json,
+            },
+            key,
+        );
         Ok(())
     }
 
@@ -218,7 +298,10 @@ impl LogWriter {
     }
 
     fn commit_open(&mut self, source: &str, position: &str) -> Result<Committed, LogError> {
-        let last_seq = self.open.as_ref().map_or(self.committed_seq, |o| o.next_seq - 1);
+        let last_seq = self
+            .open
+            .as_ref()
+            .map_or(self.committed_seq, |o| o.next_seq - 1);
         self.conn
             .prepare_cached(
                 "INSERT INTO positions (source, position, updated_at)
@@ -234,7 +317,9 @@ impl LogWriter {
         let committed = Committed {
             after_seq: self.committed_seq,
             last_seq,
-            records: open.and_then(|o| o.broadcast).map(|list| list.into_iter().flatten().collect()),
+            records: open
+                .and_then(|o| o.broadcast)
+                .map(|list| list.into_iter().flatten().collect()),
         };
         self.committed_seq = last_seq;
         Ok(committed)
@@ -251,7 +336,9 @@ impl LogWriter {
 
 impl OpenTxn {
     fn remember_for_broadcast(&mut self, record: StoredRecord, key: String) {
-        let Some(list) = self.broadcast.as_mut() else { return };
+        let Some(list) = self.broadcast.as_mut() else {
+            return;
+        };
         if list.len() >= MAX_BROADCAST_RECORDS {
             self.broadcast = None;
             self.broadcast_index.clear();
@@ -260,11 +347,15 @@ impl OpenTxn {
         if record.op == Op::Truncate {
             // The truncate supersedes every earlier record of its collection in this commit.
             for slot in list.iter_mut() {
-                if slot.as_ref().is_some_and(|r| r.collection == record.collection) {
+                if slot
+                    .as_ref()
+                    .is_some_and(|r| r.collection == record.collection)
+                {
                     *slot = None;
                 }
             }
-            self.broadcast_index.retain(|(collection, _), _| *collection != record.collection);
+            self.broadcast_index
+                .retain(|(collection, _), _| *collection != record.collection);
         }
         let index_key = (record.collection.clone(), key);
         if let Some(previous) = self.broadcast_index.insert(index_key, list.len()) {

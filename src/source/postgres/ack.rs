@@ -19,7 +19,11 @@ pub struct AckTracker {
 impl AckTracker {
     /// Starts from the position the log already holds.
     pub fn new(durable: Lsn) -> AckTracker {
-        AckTracker { received: durable, flushed: durable, ..AckTracker::default() }
+        AckTracker {
+            received: durable,
+            flushed: durable,
+            ..AckTracker::default()
+        }
     }
 
     pub fn on_begin(&mut self) {

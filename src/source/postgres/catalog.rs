@@ -42,7 +42,9 @@ pub async fn check_wal_level(client: &Client) -> Result<(), CatalogError> {
 pub async fn check_tables(client: &Client, tables: &[String]) -> Result<(), CatalogError> {
     for table in tables {
         let Some((schema, name)) = split_table_name(table) else {
-            return Err(CatalogError::Unusable(format!("table {table:?} is not schema.table")));
+            return Err(CatalogError::Unusable(format!(
+                "table {table:?} is not schema.table"
+            )));
         };
         let row = client
             .query_opt(
@@ -84,14 +86,20 @@ pub async fn ensure_publication(
     all_tables: bool,
 ) -> Result<(), CatalogError> {
     let existing = client
-        .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await?;
     let quoted: Vec<String> = tables.iter().map(|t| quote_table(t)).collect();
     match existing {
         None if all_tables => {
             tracing::info!(publication, "creating publication FOR ALL TABLES");
             client
-                .batch_execute(&format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(publication)))
+                .batch_execute(&format!(
+                    "CREATE PUBLICATION {} FOR ALL TABLES",
+                    quote_ident(publication)
+                ))
                 .await?;
         }
         None => {

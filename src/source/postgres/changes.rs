@@ -29,7 +29,11 @@ pub enum ShapeError {
     )]
     NoKey(String, &'static str),
     #[error("{collection}: a row has {got} columns but the table has {expected}; the Relation message is stale")]
-    ColumnCount { collection: String, got: usize, expected: usize },
+    ColumnCount {
+        collection: String,
+        got: usize,
+        expected: usize,
+    },
 }
 
 impl TableShape {
@@ -45,11 +49,15 @@ impl TableShape {
             .columns
             .iter()
             .zip(value_types)
-            .map(|(c, value_type)| ColumnShape { name: c.name.clone(), value_type })
+            .map(|(c, value_type)| ColumnShape {
+                name: c.name.clone(),
+                value_type,
+            })
             .collect();
         let position = |name: &String| relation.columns.iter().position(|c| &c.name == name);
-        let flagged: Vec<usize> =
-            (0..relation.columns.len()).filter(|&i| relation.columns[i].is_key).collect();
+        let flagged: Vec<usize> = (0..relation.columns.len())
+            .filter(|&i| relation.columns[i].is_key)
+            .collect();
         // With REPLICA IDENTITY FULL every column is flagged; the primary key is the better
         // identity when there is one (the old image still arrives in full).
         let key = match relation.replica_identity {
@@ -69,7 +77,11 @@ impl TableShape {
             };
             return Err(ShapeError::NoKey(collection, identity));
         }
-        Ok(TableShape { collection, columns, key })
+        Ok(TableShape {
+            collection,
+            columns,
+            key,
+        })
     }
 
     pub fn insert(&self, new: &[TupleValue]) -> Result<Change, ShapeError> {
@@ -126,8 +138,11 @@ impl TableShape {
     }
 
     pub fn delete(&self, old: &OldTuple) -> Result<Change, ShapeError> {
-        let mut change =
-            Change { collection: self.collection.clone(), op: Op::Delete, ..Change::default() };
+        let mut change = Change {
+            collection: self.collection.clone(),
+            op: Op::Delete,
+            ..Change::default()
+        };
         match old {
             OldTuple::Key(values) => change.key = Some(self.key_from_tuple(values)?),
             OldTuple::Full(values) => {
@@ -140,7 +155,11 @@ impl TableShape {
     }
 
     pub fn truncate(&self) -> Change {
-        Change { collection: self.collection.clone(), op: Op::Truncate, ..Change::default() }
+        Change {
+            collection: self.collection.clone(),
+            op: Op::Truncate,
+            ..Change::default()
+        }
     }
 
     /// A full row; columns the server did not send are left out and named in the second half.
@@ -239,7 +258,11 @@ mod tests {
 
     fn shape(identity: ReplicaIdentity, key_flags: &[bool], pk: &[&str]) -> TableShape {
         let pk: Vec<String> = pk.iter().map(|s| s.to_string()).collect();
-        let types = vec![ValueType::Scalar(oid::INT4), ValueType::Scalar(oid::TEXT), ValueType::Scalar(oid::TEXT)];
+        let types = vec![
+            ValueType::Scalar(oid::INT4),
+            ValueType::Scalar(oid::TEXT),
+            ValueType::Scalar(oid::TEXT),
+        ];
         TableShape::new(&relation(identity, key_flags), &pk, types).unwrap()
     }
 
@@ -254,19 +277,29 @@ mod tests {
     #[test]
     fn insert_maps_values_and_key() {
         let s = shape(ReplicaIdentity::Default, &[true, false, false], &["id"]);
-        let change = s.insert(&[t("42"), t("Standup"), TupleValue::Null]).unwrap();
+        let change = s
+            .insert(&[t("42"), t("Standup"), TupleValue::Null])
+            .unwrap();
         assert_eq!(change.collection, "public.events");
         assert_eq!(change.key, Some(row(json!({"id": 42}))));
-        assert_eq!(change.after, Some(row(json!({"id": 42, "title": "Standup", "body": null}))));
+        assert_eq!(
+            change.after,
+            Some(row(json!({"id": 42, "title": "Standup", "body": null})))
+        );
     }
 
     #[test]
     fn update_with_unchanged_toast_lists_the_column() {
         let s = shape(ReplicaIdentity::Default, &[true, false, false], &["id"]);
-        let change = s.update(None, &[t("1"), t("x"), TupleValue::UnchangedToast]).unwrap();
+        let change = s
+            .update(None, &[t("1"), t("x"), TupleValue::UnchangedToast])
+            .unwrap();
         assert_eq!(change.unchanged, vec!["body".to_string()]);
         assert_eq!(change.after, Some(row(json!({"id": 1, "title": "x"}))));
-        assert_eq!((change.old_key, change.before, change.changed), (None, None, None));
+        assert_eq!(
+            (change.old_key, change.before, change.changed),
+            (None, None, None)
+        );
     }
 
     #[test]
@@ -277,7 +310,10 @@ mod tests {
         assert_eq!(change.old_key, Some(row(json!({"id": 1}))));
         assert_eq!(change.before, None);
         let change = s.delete(&old).unwrap();
-        assert_eq!((change.key, change.before), (Some(row(json!({"id": 1}))), None));
+        assert_eq!(
+            (change.key, change.before),
+            (Some(row(json!({"id": 1}))), None)
+        );
     }
 
     #[test]
@@ -286,7 +322,10 @@ mod tests {
         assert_eq!(s.key, vec![0]);
         let old = OldTuple::Full(vec![t("1"), t("a"), t("b")]);
         let change = s.update(Some(&old), &[t("1"), t("A"), t("b")]).unwrap();
-        assert_eq!(change.before, Some(row(json!({"id": 1, "title": "a", "body": "b"}))));
+        assert_eq!(
+            change.before,
+            Some(row(json!({"id": 1, "title": "a", "body": "b"})))
+        );
         assert_eq!(change.changed, Some(vec!["title".to_string()]));
         assert_eq!(change.old_key, Some(row(json!({"id": 1}))));
         let change = s.delete(&old).unwrap();
@@ -312,7 +351,10 @@ mod tests {
         let rel = relation(ReplicaIdentity::Default, &[false, false, false]);
         let err = TableShape::new(&rel, &[], vec![ValueType::Scalar(oid::TEXT); 3]).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("public.events") && text.contains("REPLICA IDENTITY FULL"), "{text}");
+        assert!(
+            text.contains("public.events") && text.contains("REPLICA IDENTITY FULL"),
+            "{text}"
+        );
     }
 
     #[test]

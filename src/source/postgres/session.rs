@@ -4,7 +4,9 @@ use super::ack::AckTracker;
 use super::catalog::{self, CatalogError, TypeCache};
 use super::changes::{ShapeError, TableShape};
 use super::pgoutput::{self, DecodeError, PgOutputMessage, Relation};
-use super::replication::{ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream};
+use super::replication::{
+    ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream,
+};
 use super::Lsn;
 use crate::config::SourceConfig;
 use crate::log::{Log, LogError, LogTxn};
@@ -40,7 +42,10 @@ const SESSION_PARAMS: &[(&str, &str)] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("source {source_name}: {message}")]
-    Config { source_name: String, message: String },
+    Config {
+        source_name: String,
+        message: String,
+    },
     #[error("catalog: {0}")]
     Catalog(#[from] CatalogError),
     #[error("replication connection: {0}")]
@@ -60,7 +65,11 @@ pub enum SourceError {
          the changes in between are no longer available upstream. Stop the relay, move the log \
          directory away and start again to rebuild the log from scratch"
     )]
-    SlotLost { slot: String, state: &'static str, position: String },
+    SlotLost {
+        slot: String,
+        state: &'static str,
+        position: String,
+    },
 }
 
 impl SourceError {
@@ -68,7 +77,9 @@ impl SourceError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            SourceError::Config { .. } | SourceError::SlotLost { .. } | SourceError::Catalog(CatalogError::Unusable(_))
+            SourceError::Config { .. }
+                | SourceError::SlotLost { .. }
+                | SourceError::Catalog(CatalogError::Unusable(_))
         )
     }
 }
@@ -86,7 +97,10 @@ pub struct PostgresSource {
 
 impl PostgresSource {
     pub fn new(config: &SourceConfig, log: Log) -> Result<PostgresSource, SourceError> {
-        let config_err = |message: String| SourceError::Config { source_name: config.name.clone(), message };
+        let config_err = |message: String| SourceError::Config {
+            source_name: config.name.clone(),
+            message,
+        };
         let url = config.resolve_url().map_err(config_err)?;
         let pg_config: tokio_postgres::Config = url
             .parse()
@@ -103,7 +117,11 @@ impl PostgresSource {
             slot: config.slot_name(),
             publication: config.publication_name(),
             all_tables: config.all_tables(),
-            tables: if config.all_tables() { vec![] } else { config.tables.clone() },
+            tables: if config.all_tables() {
+                vec![]
+            } else {
+                config.tables.clone()
+            },
             log,
             status: watch::channel(status).0,
         })
@@ -125,7 +143,8 @@ impl PostgresSource {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_fatal() => {
                     tracing::error!(source = %self.name, error = %e, "source stopped");
-                    self.status.send_modify(|s| s.last_error = Some(e.to_string()));
+                    self.status
+                        .send_modify(|s| s.last_error = Some(e.to_string()));
                     return Err(e);
                 }
                 Err(e) => e,
@@ -190,10 +209,18 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     async fn open(source: &'a PostgresSource) -> Result<Session<'a>, SourceError> {
-        let client = catalog::connect(&source.pg_config).await.map_err(CatalogError::from)?;
+        let client = catalog::connect(&source.pg_config)
+            .await
+            .map_err(CatalogError::from)?;
         catalog::check_wal_level(&client).await?;
         catalog::check_tables(&client, &source.tables).await?;
-        catalog::ensure_publication(&client, &source.publication, &source.tables, source.all_tables).await?;
+        catalog::ensure_publication(
+            &client,
+            &source.publication,
+            &source.tables,
+            source.all_tables,
+        )
+        .await?;
 
         let stored = source.log.position(&source.name).await?;
         let durable = match &stored {
@@ -208,7 +235,11 @@ impl<'a> Session<'a> {
         let system = conn.identify_system().await?;
         match catalog::slot_state(&client, &source.slot).await? {
             Some(slot) if slot.wal_status.as_deref() == Some("lost") => {
-                return Err(slot_lost(source, "invalidated (its WAL was removed)", stored));
+                return Err(slot_lost(
+                    source,
+                    "invalidated (its WAL was removed)",
+                    stored,
+                ));
             }
             Some(slot) if slot.plugin.as_deref() != Some("pgoutput") => {
                 return Err(SourceError::Config {
@@ -262,7 +293,10 @@ impl<'a> Session<'a> {
         })
     }
 
-    async fn stream_changes(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SourceError> {
+    async fn stream_changes(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), SourceError> {
         let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
         loop {
             // Work through what has already arrived before touching the network: a burst of
@@ -293,7 +327,9 @@ impl<'a> Session<'a> {
 
     fn group_is_full(&self) -> bool {
         self.local_changes >= GROUP_MAX_CHANGES
-            || self.local_started.is_some_and(|t| t.elapsed() >= GROUP_MAX_AGE)
+            || self
+                .local_started
+                .is_some_and(|t| t.elapsed() >= GROUP_MAX_AGE)
     }
 
     async fn handle(&mut self, message: ReplicationMessage) -> Result<(), SourceError> {
@@ -302,10 +338,17 @@ impl<'a> Session<'a> {
                 self.note_upstream_end(wal_end);
                 self.handle_pgoutput(pgoutput::decode(data)?).await
             }
-            ReplicationMessage::Keepalive { wal_end, reply_requested, .. } => {
+            ReplicationMessage::Keepalive {
+                wal_end,
+                reply_requested,
+                ..
+            } => {
                 self.note_upstream_end(wal_end);
+                let before = self.ack.flushed();
                 self.ack.on_keepalive(wal_end);
-                if reply_requested {
+                // Reply at once when asked, and when an idle slot can move forward: Postgres
+                // sends these keepalives only while our reported position lags its own.
+                if reply_requested || self.ack.flushed() > before {
                     self.send_status(false).await?;
                 }
                 Ok(())
@@ -315,9 +358,15 @@ impl<'a> Session<'a> {
 
     async fn handle_pgoutput(&mut self, message: PgOutputMessage) -> Result<(), SourceError> {
         match message {
-            PgOutputMessage::Begin { final_lsn, commit_time, xid } => {
+            PgOutputMessage::Begin {
+                final_lsn,
+                commit_time,
+                xid,
+            } => {
                 if self.upstream.is_some() {
-                    return Err(SourceError::Protocol(format!("Begin of {xid} inside another transaction")));
+                    return Err(SourceError::Protocol(format!(
+                        "Begin of {xid} inside another transaction"
+                    )));
                 }
                 self.ack.on_begin();
                 self.upstream = Some(Upstream {
@@ -334,7 +383,9 @@ impl<'a> Session<'a> {
             }
             PgOutputMessage::Commit { end_lsn, .. } => {
                 let upstream = self.upstream.take().ok_or_else(|| {
-                    SourceError::Protocol(format!("Commit ending at {end_lsn} outside a transaction"))
+                    SourceError::Protocol(format!(
+                        "Commit ending at {end_lsn} outside a transaction"
+                    ))
                 })?;
                 if upstream.skip {
                     self.ack.on_skipped_commit(end_lsn);
@@ -346,20 +397,32 @@ impl<'a> Session<'a> {
             }
             PgOutputMessage::Relation(relation) => self.learn(relation).await?,
             PgOutputMessage::Insert { relation_id, new } => {
-                self.change(relation_id, |table| table.insert(&new).map(|c| vec![c])).await?
+                self.change(relation_id, |table| table.insert(&new).map(|c| vec![c]))
+                    .await?
             }
-            PgOutputMessage::Update { relation_id, old, new } => {
-                self.change(relation_id, |table| table.update(old.as_ref(), &new).map(|c| vec![c])).await?
+            PgOutputMessage::Update {
+                relation_id,
+                old,
+                new,
+            } => {
+                self.change(relation_id, |table| {
+                    table.update(old.as_ref(), &new).map(|c| vec![c])
+                })
+                .await?
             }
             PgOutputMessage::Delete { relation_id, old } => {
-                self.change(relation_id, |table| table.delete(&old).map(|c| vec![c])).await?
+                self.change(relation_id, |table| table.delete(&old).map(|c| vec![c]))
+                    .await?
             }
             PgOutputMessage::Truncate { relation_ids, .. } => {
                 for relation_id in relation_ids {
-                    self.change(relation_id, |table| Ok(vec![table.truncate()])).await?;
+                    self.change(relation_id, |table| Ok(vec![table.truncate()]))
+                        .await?;
                 }
             }
-            PgOutputMessage::Type { .. } | PgOutputMessage::Origin { .. } | PgOutputMessage::Message { .. } => {}
+            PgOutputMessage::Type { .. }
+            | PgOutputMessage::Origin { .. }
+            | PgOutputMessage::Message { .. } => {}
         }
         Ok(())
     }
@@ -395,15 +458,18 @@ impl<'a> Session<'a> {
         relation_id: u32,
         make: impl FnOnce(&TableShape) -> Result<Vec<Change>, ShapeError>,
     ) -> Result<(), SourceError> {
-        let upstream = self
-            .upstream
-            .as_mut()
-            .ok_or_else(|| SourceError::Protocol(format!("a row change of relation {relation_id} outside a transaction")))?;
+        let upstream = self.upstream.as_mut().ok_or_else(|| {
+            SourceError::Protocol(format!(
+                "a row change of relation {relation_id} outside a transaction"
+            ))
+        })?;
         if upstream.skip {
             return Ok(());
         }
         let table = self.tables.get(&relation_id).ok_or_else(|| {
-            SourceError::Protocol(format!("a row change of relation {relation_id} before its Relation message"))
+            SourceError::Protocol(format!(
+                "a row change of relation {relation_id} before its Relation message"
+            ))
         })?;
         let Some(table) = table else { return Ok(()) };
         upstream.buffer.extend(make(table)?);
@@ -434,7 +500,9 @@ impl<'a> Session<'a> {
 
     /// Makes everything appended durable with the new position, then acknowledges upstream.
     async fn commit_local(&mut self) -> Result<(), SourceError> {
-        let Some(end) = self.pending_end.take() else { return Ok(()) };
+        let Some(end) = self.pending_end.take() else {
+            return Ok(());
+        };
         let local = match self.local.take() {
             Some(local) => local,
             None => self.source.log.begin().await?,
@@ -446,7 +514,9 @@ impl<'a> Session<'a> {
         self.durable = end;
         self.ack.on_durable(end);
         let position = end.to_string();
-        self.source.status.send_modify(|s| s.position = Some(position));
+        self.source
+            .status
+            .send_modify(|s| s.position = Some(position));
         self.send_status(false).await
     }
 
@@ -472,7 +542,9 @@ impl<'a> Session<'a> {
 
     async fn send_status(&mut self, reply_requested: bool) -> Result<(), SourceError> {
         let flushed = self.ack.flushed();
-        self.stream.send_status(self.ack.received(), flushed, flushed, reply_requested).await?;
+        self.stream
+            .send_status(self.ack.received(), flushed, flushed, reply_requested)
+            .await?;
         Ok(())
     }
 

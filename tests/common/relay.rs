@@ -1,0 +1,191 @@
+//! Running the relay in tests: as a child process (so it can be killed with SIGKILL) and
+//! reading its log back.
+
+use deltarelay::log::LogReader;
+use deltarelay::record::{ChangeRecord, Op};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A config file for one Postgres source.
+pub fn postgres_config(url: &str, log_dir: &Path, tables: &[&str], http_port: u16) -> String {
+    let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
+    format!(
+        r#"
+[http]
+listen = "127.0.0.1:{http_port}"
+
+[log]
+dir = {log_dir:?}
+
+[[sources]]
+name = "app_pg"
+kind = "postgres"
+url = {url:?}
+slot = "deltarelay_test"
+publication = "deltarelay_test"
+tables = [{tables}]
+"#,
+        tables = tables.join(", "),
+        log_dir = log_dir.display().to_string(),
+    )
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The relay binary running in its own process.
+pub struct RelayProcess {
+    child: Option<Child>,
+    config: PathBuf,
+    stderr: PathBuf,
+    runs: u32,
+}
+
+impl RelayProcess {
+    /// Writes `config_text` next to the log and starts `deltarelay run`.
+    pub fn start(dir: &Path, config_text: &str) -> RelayProcess {
+        let config = dir.join("deltarelay.toml");
+        std::fs::write(&config, config_text).unwrap();
+        let mut relay = RelayProcess {
+            child: None,
+            config,
+            stderr: dir.join("relay.log"),
+            runs: 0,
+        };
+        relay.spawn();
+        relay
+    }
+
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "relay already running");
+        self.runs += 1;
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_deltarelay"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("DELTARELAY_LOG", "info,deltarelay=debug")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to clean up, like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay did not exit after SIGTERM\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Fails the test if the relay exited on its own.
+    pub fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("relay exited with {status}\n{}", self.output());
+            }
+        }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every entry of the log, in log order.
+pub fn read_log(dir: &Path) -> Vec<ChangeRecord> {
+    let Ok(reader) = LogReader::open(dir) else {
+        return vec![];
+    };
+    reader
+        .entries_after(0, usize::MAX >> 1)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| serde_json::from_str(&e.record).unwrap())
+        .collect()
+}
+
+/// The state a client builds by applying the log's records from the beginning:
+/// collection → key text → row.
+pub fn client_state(records: &[ChangeRecord]) -> BTreeMap<String, BTreeMap<String, Value>> {
+    let mut state: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    for r in records {
+        let table = state.entry(r.collection.clone()).or_default();
+        match r.op {
+            Op::Insert | Op::Update => {
+                let key = Value::Object(r.key.clone().unwrap()).to_string();
+                table.insert(key, Value::Object(r.after.clone().unwrap()));
+            }
+            Op::Delete => {
+                table.remove(&Value::Object(r.key.clone().unwrap()).to_string());
+            }
+            Op::Truncate => table.clear(),
+        }
+    }
+    state
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Cursors strictly increase along the log.
+pub fn assert_cursors_increase(records: &[ChangeRecord]) {
+    let seqs: Vec<u64> = records
+        .iter()
+        .map(|r| r.cursor.split_once('-').unwrap().1.parse().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "cursors do not strictly increase"
+    );
+}
