@@ -11,6 +11,8 @@ use tokio::task::JoinSet;
 
 /// Runs the relay until `stop` completes or a source fails for good.
 pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Before the sources start, so that their first counters are recorded.
+    http::telemetry::install();
     let log = Log::open(&config.log.dir)
         .with_context(|| format!("opening the log in {}", config.log.dir.display()))?;
     tracing::info!(dir = %config.log.dir.display(), epoch = log.epoch(), "log open");

@@ -1,9 +1,33 @@
 //! The HTTP API (DESIGN.md, "HTTP API"): delta-since queries, Server-Sent Events, status.
+//!
+//! Handlers read the log through a small pool of read-only SQLite connections, on the blocking
+//! thread pool and with a bounded number of reads at once. Live subscribers are woken by the
+//! log's broadcast of committed records (already serialized once, shared by every subscriber)
+//! and fall back to reading the log whenever they fall behind it.
 
-use crate::log::Log;
+mod changes;
+mod error;
+mod params;
+mod pool;
+mod status;
+mod stream;
+pub mod telemetry;
+
+pub use error::ApiError;
+pub use params::parse_rfc3339;
+
+use crate::log::{Cursor, Log};
 use crate::source::SourceStatus;
+use axum::extract::MatchedPath;
+use axum::http::{Request, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use pool::ReaderPool;
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, RwLock};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -14,18 +38,136 @@ pub struct AppState {
     pub sources: Vec<watch::Receiver<SourceStatus>>,
 }
 
+/// The server's shared state: the caller's [`AppState`] plus what the server keeps itself.
+struct Shared {
+    app: AppState,
+    shutdown: watch::Receiver<bool>,
+    readers: ReaderPool,
+    /// Open `/v1/stream` connections.
+    subscribers: AtomicUsize,
+    /// Collections known to exist (only grows; refreshed from the log on a miss).
+    known: RwLock<BTreeSet<String>>,
+}
+
+type SharedState = Arc<Shared>;
+
+impl Shared {
+    fn log(&self) -> &Log {
+        &self.app.log
+    }
+
+    fn cursor(&self, seq: u64) -> String {
+        Cursor {
+            epoch: self.app.log.epoch(),
+            seq,
+        }
+        .to_string()
+    }
+
+    /// The collections a client may name: every collection present in the log. (Configured
+    /// tables and per-token rules will extend and narrow this.)
+    async fn check_collections(&self, names: Option<&[String]>) -> Result<(), ApiError> {
+        let Some(names) = names else { return Ok(()) };
+        let missing =
+            |known: &BTreeSet<String>| names.iter().find(|n| !known.contains(*n)).cloned();
+        if missing(&self.known.read().expect("known collections lock")).is_none() {
+            return Ok(());
+        }
+        let found = self.readers.run(|reader| reader.collections()).await?;
+        let mut known = self.known.write().expect("known collections lock");
+        known.extend(found);
+        match missing(&known) {
+            Some(name) => Err(ApiError::unknown_collection(&name)),
+            None => Ok(()),
+        }
+    }
+
+    /// 410 when the cursor cannot be served from this log.
+    fn check_cursor(&self, cursor: &Cursor) -> Result<(), ApiError> {
+        if cursor.epoch != self.app.log.epoch() {
+            return Err(ApiError::expired(format!(
+                "cursor {cursor} belongs to another incarnation of the log (it was reset or rebuilt): restart from the beginning (since=0)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a cursor against a page's snapshot: purged tombstones or a position beyond the log.
+fn check_snapshot(cursor: &Cursor, purged_seq: u64, head_seq: u64) -> Result<(), ApiError> {
+    if cursor.seq < purged_seq {
+        return Err(ApiError::expired(format!(
+            "cursor {cursor} is older than the oldest retained delete: restart from the beginning (since=0)"
+        )));
+    }
+    if cursor.seq > head_seq {
+        return Err(ApiError::expired(format!(
+            "cursor {cursor} is ahead of this log (it was restored from an older copy): restart from the beginning (since=0)"
+        )));
+    }
+    Ok(())
+}
+
+/// The router over `state`; [`serve`] runs it. `shutdown` ends long polls and streams.
+pub fn router(state: AppState, shutdown: watch::Receiver<bool>) -> Router {
+    telemetry::install();
+    let shared = Arc::new(Shared {
+        readers: ReaderPool::new(state.log.clone()),
+        app: state,
+        shutdown,
+        subscribers: AtomicUsize::new(0),
+        known: RwLock::new(BTreeSet::new()),
+    });
+    Router::new()
+        .route("/v1/changes", get(changes::changes))
+        .route("/v1/stream", get(stream::stream))
+        .route("/v1/collections", get(status::collections))
+        .route("/v1/status", get(status::status))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(status::readyz))
+        .route("/metrics", get(status::metrics))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see the HTTP API in the documentation",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint only answers GET",
+            )
+        })
+        .layer(middleware::from_fn(count_requests))
+        .with_state(shared)
+}
+
 /// Serves until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(state);
+    let app = router(state, shutdown.clone());
+    let mut shutdown = shutdown;
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
         .await
+}
+
+/// Counts requests by route and status.
+async fn count_requests(request: Request<axum::body::Body>, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await.into_response();
+    metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "status" => response.status().as_str().to_owned())
+        .increment(1);
+    response
 }

@@ -1,0 +1,110 @@
+//! `/v1/collections`, `/v1/status`, `/readyz`, `/metrics`.
+
+use super::error::ApiError;
+use super::{telemetry, SharedState};
+use crate::log::store;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+
+pub async fn collections(State(shared): State<SharedState>) -> Result<Response, ApiError> {
+    let summaries = shared
+        .readers
+        .run(|reader| reader.collection_summaries())
+        .await?;
+    {
+        let mut known = shared.known.write().expect("known collections lock");
+        known.extend(summaries.iter().map(|s| s.name.clone()));
+    }
+    let list: Vec<_> = summaries
+        .into_iter()
+        .map(|s| json!({"name": s.name, "source": s.source, "key_columns": s.key_columns}))
+        .collect();
+    Ok(Json(json!({ "collections": list })).into_response())
+}
+
+pub async fn status(State(shared): State<SharedState>) -> Result<Response, ApiError> {
+    let (entries, purged_seq) = shared
+        .readers
+        .run(|reader| Ok((reader.entry_count()?, reader.purged_seq()?)))
+        .await?;
+    let head_seq = *shared.log().head().borrow();
+    let sources: Vec<_> = shared
+        .app
+        .sources
+        .iter()
+        .map(|s| s.borrow().clone())
+        .collect();
+    let body = json!({
+        "sources": sources,
+        "log": {
+            "epoch": shared.log().epoch(),
+            "head_cursor": shared.cursor(head_seq),
+            "head_seq": head_seq,
+            "purged_seq": purged_seq,
+            "entries": entries,
+            "bytes": log_bytes(&shared),
+        },
+        "subscribers": shared.subscribers.load(Ordering::Relaxed),
+    });
+    Ok(Json(body).into_response())
+}
+
+/// Bytes on disk of the SQLite database and its WAL and shared-memory files.
+fn log_bytes(shared: &SharedState) -> u64 {
+    let main = store::log_path(shared.log().dir());
+    ["", "-wal", "-shm"]
+        .iter()
+        .filter_map(|suffix| {
+            let mut path = main.clone().into_os_string();
+            path.push(suffix);
+            std::fs::metadata(path).ok().map(|m| m.len())
+        })
+        .sum()
+}
+
+pub async fn readyz(State(shared): State<SharedState>) -> Response {
+    let reasons: Vec<String> = shared
+        .app
+        .sources
+        .iter()
+        .filter_map(|s| {
+            let s = s.borrow();
+            (!s.connected).then(|| match &s.last_error {
+                Some(e) => format!("source {} is not connected: {e}", s.name),
+                None => format!("source {} is not connected yet", s.name),
+            })
+        })
+        .collect();
+    if reasons.is_empty() {
+        return Json(json!({"ready": true})).into_response();
+    }
+    let body = json!({"error": "not_ready", "message": reasons.join("; "), "reasons": reasons});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+pub async fn metrics(State(shared): State<SharedState>) -> Result<Response, ApiError> {
+    let handle = telemetry::handle().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "another metrics recorder was installed in this process",
+        )
+    })?;
+    metrics::gauge!(telemetry::LOG_HEAD_SEQ).set(*shared.log().head().borrow() as f64);
+    metrics::gauge!(telemetry::SSE_SUBSCRIBERS)
+        .set(shared.subscribers.load(Ordering::Relaxed) as f64);
+    handle.run_upkeep();
+    let text = handle.render();
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}

@@ -1,0 +1,55 @@
+//! Prometheus metrics. [`install`] sets the global `metrics` recorder once; after that any
+//! module records with `metrics::counter!` / `gauge!` / `histogram!` and `/metrics` renders
+//! everything. Metric names used by the HTTP layer are constants here.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+pub const HTTP_REQUESTS: &str = "deltarelay_http_requests_total";
+pub const SSE_SUBSCRIBERS: &str = "deltarelay_sse_subscribers";
+pub const SSE_EVENTS_SENT: &str = "deltarelay_sse_events_sent_total";
+pub const SSE_LOG_FALLBACKS: &str = "deltarelay_sse_log_fallbacks_total";
+pub const CHANGES_SERVED: &str = "deltarelay_changes_served_total";
+pub const LOG_HEAD_SEQ: &str = "deltarelay_log_head_seq";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the global `metrics` recorder, once per process; later
+/// calls return the same handle. `None` when another recorder was installed first.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            match metrics::set_global_recorder(recorder) {
+                Ok(()) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "another metrics recorder is installed: /metrics is unavailable"
+                    );
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// The installed handle, if any.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE.get().and_then(Option::as_ref)
+}
+
+fn describe() {
+    metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
+    metrics::describe_gauge!(SSE_SUBSCRIBERS, "Open /v1/stream connections");
+    metrics::describe_counter!(SSE_EVENTS_SENT, "Change events sent on /v1/stream");
+    metrics::describe_counter!(
+        SSE_LOG_FALLBACKS,
+        "Times a live subscriber fell behind the broadcast and read the log instead"
+    );
+    metrics::describe_counter!(CHANGES_SERVED, "Records returned by /v1/changes");
+    metrics::describe_gauge!(LOG_HEAD_SEQ, "The last committed seq of the log");
+}
