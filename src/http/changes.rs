@@ -21,11 +21,8 @@ pub async fn changes(
     let limit = params::parse_limit(raw.limit.as_deref())?;
     let wait = params::parse_wait(raw.wait.as_deref())?;
     let collections = params::parse_collections(raw.collections.as_deref())?.map(Arc::new);
-    if let Since::Cursor(cursor) = &since {
-        shared.check_cursor(cursor)?;
-    }
     shared
-        .check_collections(collections.as_deref().map(Vec::as_slice))
+        .check_request(&since, collections.as_deref().map(Vec::as_slice))
         .await?;
 
     let deadline = Instant::now() + wait;

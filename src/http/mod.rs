@@ -82,6 +82,19 @@ impl Shared {
         }
     }
 
+    /// The checks every read request makes before touching the log: the cursor belongs to
+    /// this log (410) and every named collection exists (404).
+    async fn check_request(
+        &self,
+        since: &params::Since,
+        collections: Option<&[String]>,
+    ) -> Result<(), ApiError> {
+        if let params::Since::Cursor(cursor) = since {
+            self.check_cursor(cursor)?;
+        }
+        self.check_collections(collections).await
+    }
+
     /// 410 when the cursor cannot be served from this log.
     fn check_cursor(&self, cursor: &Cursor) -> Result<(), ApiError> {
         if cursor.epoch != self.app.log.epoch() {

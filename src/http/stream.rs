@@ -59,11 +59,8 @@ pub async fn stream(
         None => params::parse_since("since", raw.since.as_deref())?,
     };
     let collections = params::parse_collections(raw.collections.as_deref())?.map(Arc::new);
-    if let Since::Cursor(cursor) = &since {
-        shared.check_cursor(cursor)?;
-    }
     shared
-        .check_collections(collections.as_deref().map(Vec::as_slice))
+        .check_request(&since, collections.as_deref().map(Vec::as_slice))
         .await?;
 
     // Subscribe first: every commit after the snapshot read below reaches `live`.

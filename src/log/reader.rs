@@ -67,14 +67,7 @@ impl LogReader {
     }
 
     pub fn position(&self, source: &str) -> Result<Option<String>, LogError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT position FROM positions WHERE source = ?1",
-                [source],
-                |row| row.get(0),
-            )
-            .optional()?)
+        Ok(store::position(&self.conn, source)?)
     }
 
     /// Up to `limit` entries with `seq > after_seq`, in log order.

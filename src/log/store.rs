@@ -77,3 +77,10 @@ pub fn set_meta(conn: &Connection, name: &str, value: &str) -> rusqlite::Result<
     )?;
     Ok(())
 }
+
+/// The stored position of `source`, if it ever committed.
+pub fn position(conn: &Connection, source: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT position FROM positions WHERE source = ?1")?
+        .query_row([source], |row| row.get(0))
+        .optional()
+}

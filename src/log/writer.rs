@@ -90,14 +90,7 @@ impl LogWriter {
     }
 
     pub fn position(&self, source: &str) -> Result<Option<String>, LogError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT position FROM positions WHERE source = ?1",
-                [source],
-                |row| row.get(0),
-            )
-            .optional()?)
+        Ok(store::position(&self.conn, source)?)
     }
 
     fn ensure_open(&mut self) -> Result<(), LogError> {
