@@ -140,6 +140,30 @@ async fn postgres_changes_reach_sse_and_delta_clients() {
         collections["collections"],
         json!([{"name": "public.items", "source": "app_pg", "key_columns": ["id"]}])
     );
+    // The source's own metrics: ingest per collection, commit latency, replication lag.
+    let metrics = get(addr, "/metrics", &[]).await.body;
+    let ingested = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("deltarelay_changes_ingested_total{")
+                && l.contains("collection=\"public.items\"")
+                && l.contains("source=\"app_pg\"")
+        })
+        .unwrap_or_else(|| panic!("no ingest counter in:\n{metrics}"));
+    let count: f64 = ingested.rsplit(' ').next().unwrap().parse().unwrap();
+    let entries = status["log"]["entries"].as_f64().unwrap();
+    assert!(
+        entries > 0.0 && count >= entries,
+        "{ingested} vs {entries} log entries"
+    );
+    assert!(
+        metrics.contains("deltarelay_log_commit_seconds"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("deltarelay_replication_lag_bytes{source=\"app_pg\"}"),
+        "{metrics}"
+    );
     drop(client);
     assert_eq!(relay.terminate(), Some(0));
 }

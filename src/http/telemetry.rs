@@ -11,6 +11,9 @@ pub const SSE_EVENTS_SENT: &str = "deltarelay_sse_events_sent_total";
 pub const SSE_LOG_FALLBACKS: &str = "deltarelay_sse_log_fallbacks_total";
 pub const CHANGES_SERVED: &str = "deltarelay_changes_served_total";
 pub const LOG_HEAD_SEQ: &str = "deltarelay_log_head_seq";
+pub const CHANGES_INGESTED: &str = "deltarelay_changes_ingested_total";
+pub const LOG_COMMIT_SECONDS: &str = "deltarelay_log_commit_seconds";
+pub const REPLICATION_LAG_BYTES: &str = "deltarelay_replication_lag_bytes";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -52,4 +55,16 @@ fn describe() {
     );
     metrics::describe_counter!(CHANGES_SERVED, "Records returned by /v1/changes");
     metrics::describe_gauge!(LOG_HEAD_SEQ, "The last committed seq of the log");
+    metrics::describe_counter!(
+        CHANGES_INGESTED,
+        "Changes received from a source, by source and collection"
+    );
+    metrics::describe_histogram!(
+        LOG_COMMIT_SECONDS,
+        "Time to make a group of upstream transactions durable in the log"
+    );
+    metrics::describe_gauge!(
+        REPLICATION_LAG_BYTES,
+        "Upstream WAL not yet durable in the log, by source"
+    );
 }

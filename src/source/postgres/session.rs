@@ -9,6 +9,7 @@ use super::replication::{
 };
 use super::Lsn;
 use crate::config::SourceConfig;
+use crate::http::telemetry;
 use crate::log::{Log, LogError, LogTxn};
 use crate::record::{Change, TxMeta};
 use crate::source::backoff::Backoff;
@@ -202,6 +203,8 @@ struct Session<'a> {
     types: TypeCache,
     /// Tables by relation id; `None` for relations we do not sync.
     tables: HashMap<u32, Option<TableShape>>,
+    /// Per-table ingest counters, by relation id.
+    ingested: HashMap<u32, metrics::Counter>,
     synced: HashSet<String>,
     ack: AckTracker,
     /// The position the log holds durably.
@@ -213,6 +216,8 @@ struct Session<'a> {
     local_started: Option<Instant>,
     /// End LSN of the last upstream commit appended to `local`.
     pending_end: Option<Lsn>,
+    /// The furthest WAL end upstream has reported.
+    upstream_end: Lsn,
 }
 
 impl<'a> Session<'a> {
@@ -290,6 +295,7 @@ impl<'a> Session<'a> {
             stream,
             types: TypeCache::default(),
             tables: HashMap::new(),
+            ingested: HashMap::new(),
             synced: source.tables.iter().cloned().collect(),
             ack: AckTracker::new(durable),
             durable,
@@ -298,6 +304,7 @@ impl<'a> Session<'a> {
             local_changes: 0,
             local_started: None,
             pending_end: None,
+            upstream_end: system.xlog_pos,
         })
     }
 
@@ -354,6 +361,7 @@ impl<'a> Session<'a> {
                 self.note_upstream_end(wal_end);
                 let before = self.ack.flushed();
                 self.ack.on_keepalive(wal_end);
+                self.publish_progress();
                 // Reply at once when asked, and when an idle slot can move forward: Postgres
                 // sends these keepalives only while our reported position lags its own.
                 if reply_requested || self.ack.flushed() > before {
@@ -457,6 +465,14 @@ impl<'a> Session<'a> {
             }
             Err(e) => return Err(e.into()),
         };
+        if let Some(shape) = &shape {
+            let counter = metrics::counter!(
+                telemetry::CHANGES_INGESTED,
+                "source" => self.source.name.to_string(),
+                "collection" => shape.collection.clone()
+            );
+            self.ingested.insert(relation.id, counter);
+        }
         self.tables.insert(relation.id, shape);
         Ok(())
     }
@@ -480,7 +496,11 @@ impl<'a> Session<'a> {
             ))
         })?;
         let Some(table) = table else { return Ok(()) };
-        upstream.buffer.extend(make(table)?);
+        let changes = make(table)?;
+        if let Some(counter) = self.ingested.get(&relation_id) {
+            counter.increment(changes.len() as u64);
+        }
+        upstream.buffer.extend(changes);
         if upstream.buffer.len() >= APPEND_BATCH {
             let meta = upstream.meta.clone();
             let batch = std::mem::take(&mut upstream.buffer);
@@ -515,16 +535,16 @@ impl<'a> Session<'a> {
             Some(local) => local,
             None => self.source.log.begin().await?,
         };
+        let started = Instant::now();
         let committed = local.commit(&self.source.name, end.to_string()).await?;
+        metrics::histogram!(telemetry::LOG_COMMIT_SECONDS, "source" => self.source.name.to_string())
+            .record(started.elapsed().as_secs_f64());
         tracing::trace!(source = %self.source.name, position = %end, last_seq = committed.last_seq, "log commit");
         self.local_changes = 0;
         self.local_started = None;
         self.durable = end;
         self.ack.on_durable(end);
-        let position = end.to_string();
-        self.source
-            .status
-            .send_modify(|s| s.position = Some(position));
+        self.publish_progress();
         self.send_status(false).await
     }
 
@@ -556,20 +576,24 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// Cheap, per message: remember how far upstream's WAL reaches.
     fn note_upstream_end(&mut self, wal_end: Lsn) {
-        if wal_end.0 == 0 {
-            return;
-        }
-        let durable = self.durable;
-        self.source.status.send_if_modified(|s| {
-            let text = wal_end.to_string();
-            if s.upstream_position.as_deref() == Some(text.as_str()) {
-                return false;
+        self.upstream_end = self.upstream_end.max(wal_end);
+    }
+
+    /// Publishes position and lag to `/v1/status` and the metrics (on commits and keepalives).
+    fn publish_progress(&self) {
+        let lag = self.upstream_end.0.saturating_sub(self.durable.0);
+        let (durable, upstream_end) = (self.durable, self.upstream_end);
+        self.source.status.send_modify(|s| {
+            if durable.0 != 0 {
+                s.position = Some(durable.to_string());
             }
-            s.upstream_position = Some(text);
-            s.lag_bytes = Some(wal_end.0.saturating_sub(durable.0));
-            true
+            s.upstream_position = Some(upstream_end.to_string());
+            s.lag_bytes = Some(lag);
         });
+        metrics::gauge!(telemetry::REPLICATION_LAG_BYTES, "source" => self.source.name.to_string())
+            .set(lag as f64);
     }
 }
 
