@@ -11,8 +11,7 @@ mod common;
 mod http_support;
 
 use common::pg::PgServer;
-use common::relay::{free_port, postgres_config, wait_until, RelayProcess};
-use http_support::get;
+use common::relay::start_ready_relay;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -172,25 +171,7 @@ async fn a_browser_eventsource_receives_a_change_committed_after_the_page_loaded
         "INSERT INTO items VALUES (1, 'before the page', 1, false)",
     );
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = postgres_config(
-        &pg.url("app"),
-        &dir.path().join("log"),
-        &["public.items"],
-        port,
-    );
-    let mut relay = RelayProcess::start(dir.path(), &config);
-    let relay_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_until(Duration::from_secs(60), "the relay to be ready", || {
-        relay.assert_running();
-        std::net::TcpStream::connect(relay_addr).is_ok()
-            && tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current()
-                    .block_on(get(relay_addr, "/readyz", &[]))
-                    .status
-                    == 200
-            })
-    });
+    let (mut relay, relay_addr) = start_ready_relay(&pg.url("app"), dir.path(), &["public.items"]);
 
     // The page's server (and proxy to the relay).
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

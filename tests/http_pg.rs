@@ -4,11 +4,10 @@ mod common;
 mod http_support;
 
 use common::pg::PgServer;
-use common::relay::{free_port, postgres_config, wait_until, RelayProcess};
+use common::relay::start_ready_relay;
 use http_support::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// `public.items` as `key text → row`, via Postgres's own row_to_json.
@@ -41,25 +40,7 @@ async fn postgres_changes_reach_sse_and_delta_clients() {
         "CREATE TABLE items (id int PRIMARY KEY, name text, qty int)",
     );
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = postgres_config(
-        &pg.url("app"),
-        &dir.path().join("log"),
-        &["public.items"],
-        port,
-    );
-    let mut relay = RelayProcess::start(dir.path(), &config);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_until(Duration::from_secs(60), "the relay to be ready", || {
-        relay.assert_running();
-        std::net::TcpStream::connect(addr).is_ok()
-            && tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current()
-                    .block_on(get(addr, "/readyz", &[]))
-                    .status
-                    == 200
-            })
-    });
+    let (mut relay, addr) = start_ready_relay(&pg.url("app"), dir.path(), &["public.items"]);
 
     // A live client from the beginning, while Postgres commits 300 transactions.
     let mut client = SseClient::connect(addr, "/v1/stream", None).await;

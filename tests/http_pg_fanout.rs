@@ -13,7 +13,7 @@ mod common;
 mod http_support;
 
 use common::pg::PgServer;
-use common::relay::{free_port, postgres_config, wait_until, RelayProcess};
+use common::relay::start_ready_relay;
 use deltarelay::log::LogReader;
 use http_support::*;
 use serde_json::{json, Value};
@@ -196,20 +196,7 @@ async fn fifty_sse_clients_join_during_a_write_load_and_build_the_database_state
     );
     let dir = tempfile::tempdir().unwrap();
     let log_dir = dir.path().join("log");
-    let port = free_port();
-    let config = postgres_config(&pg.url("app"), &log_dir, &["public.items"], port);
-    let mut relay = RelayProcess::start(dir.path(), &config);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_until(Duration::from_secs(60), "the relay to be ready", || {
-        relay.assert_running();
-        std::net::TcpStream::connect(addr).is_ok()
-            && tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current()
-                    .block_on(get(addr, "/readyz", &[]))
-                    .status
-                    == 200
-            })
-    });
+    let (mut relay, addr) = start_ready_relay(&pg.url("app"), dir.path(), &["public.items"]);
 
     // The writer: transactions of 1..=20 statements over `keys` keys.
     let (db, connection) = tokio_postgres::connect(&pg.url("app"), tokio_postgres::NoTls)

@@ -10,10 +10,9 @@ mod common;
 mod http_support;
 
 use common::pg::PgServer;
-use common::relay::{free_port, postgres_config, wait_until, RelayProcess};
+use common::relay::start_ready_relay;
 use http_support::*;
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const MARKER_ID: i64 = 1_000_000_000;
@@ -49,26 +48,8 @@ async fn a_client_stalled_for_a_minute_under_postgres_load() {
         "CREATE TABLE items (id int PRIMARY KEY, payload text, sent_us bigint)",
     );
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = postgres_config(
-        &pg.url("app"),
-        &dir.path().join("log"),
-        &["public.items"],
-        port,
-    );
-    let mut relay = RelayProcess::start(dir.path(), &config);
+    let (mut relay, addr) = start_ready_relay(&pg.url("app"), dir.path(), &["public.items"]);
     let pid = relay.pid().unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_until(Duration::from_secs(60), "the relay to be ready", || {
-        relay.assert_running();
-        std::net::TcpStream::connect(addr).is_ok()
-            && tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current()
-                    .block_on(get(addr, "/readyz", &[]))
-                    .status
-                    == 200
-            })
-    });
     let epoch = Instant::now();
 
     // The stalled client: a small receive window, and it does not read.

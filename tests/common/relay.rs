@@ -189,3 +189,32 @@ pub fn assert_cursors_increase(records: &[ChangeRecord]) {
         "cursors do not strictly increase"
     );
 }
+
+/// Starts the relay on a free port for `tables` of the database at `pg_url`, with its log in
+/// `dir/log`, and waits until `/readyz` answers 200.
+pub fn start_ready_relay(
+    pg_url: &str,
+    dir: &Path,
+    tables: &[&str],
+) -> (RelayProcess, std::net::SocketAddr) {
+    let port = free_port();
+    let config = postgres_config(pg_url, &dir.join("log"), tables, port);
+    let mut relay = RelayProcess::start(dir, &config);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until(Duration::from_secs(60), "the relay to be ready", || {
+        relay.assert_running();
+        http_status(addr, "/readyz") == Some(200)
+    });
+    (relay, addr)
+}
+
+/// The status code of a plain `GET`, or `None` when nothing answers.
+pub fn http_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
