@@ -4,21 +4,10 @@
 mod http_support;
 
 use http_support::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn record_of(event: &Event) -> Value {
-    assert_eq!(event.event, "change", "{event:?}");
-    let record: Value = serde_json::from_str(&event.data).unwrap();
-    assert_eq!(
-        event.id.as_deref(),
-        record["cursor"].as_str(),
-        "id is the record's cursor"
-    );
-    record
-}
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

@@ -4,7 +4,7 @@ mod http_support;
 
 use http_support::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -12,17 +12,6 @@ use std::time::{Duration, Instant};
 const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
 /// The key of the last commit in the concurrent test: clients stop when they see it.
 const END_KEY: i64 = 1_000_000;
-
-fn record_of(event: &Event) -> Value {
-    assert_eq!(event.event, "change", "{event:?}");
-    let record: Value = serde_json::from_str(&event.data).unwrap();
-    assert_eq!(
-        event.id.as_deref(),
-        record["cursor"].as_str(),
-        "id is the record's cursor"
-    );
-    record
-}
 
 #[tokio::test]
 async fn replays_then_ready_then_live_and_resumes_after_last_event_id() {

@@ -293,6 +293,21 @@ fn history_schema(pg: &PgServer) {
     );
 }
 
+/// The history schema, and a relay streaming it into a new temp dir.
+fn start_history_relay(pg: &PgServer) -> (tempfile::TempDir, RelayProcess) {
+    history_schema(pg);
+    let dir = tempfile::tempdir().unwrap();
+    let config = postgres_config(
+        &pg.url("app"),
+        dir.path(),
+        &["public.history", "public.counters"],
+        free_port(),
+    );
+    let mut relay = RelayProcess::start(dir.path(), &config);
+    wait_streaming(pg, &mut relay);
+    (dir, relay)
+}
+
 /// Every committed history row is in the log exactly once and in commit order.
 fn assert_history_exact(pg: &PgServer, records: &[ChangeRecord], count: i64) {
     assert_cursors_increase(records);
@@ -330,16 +345,7 @@ fn finish_history(pg: &PgServer, dir: &Path, relay: &mut RelayProcess, count: i6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_relay_restarts_with_every_change_exactly_once() {
     let pg = PgServer::start();
-    history_schema(&pg);
-    let dir = tempfile::tempdir().unwrap();
-    let config = postgres_config(
-        &pg.url("app"),
-        dir.path(),
-        &["public.history", "public.counters"],
-        free_port(),
-    );
-    let mut relay = RelayProcess::start(dir.path(), &config);
-    wait_streaming(&pg, &mut relay);
+    let (dir, mut relay) = start_history_relay(&pg);
 
     const COUNT: i64 = 6000;
     let writer = tokio::spawn(write_history(pg.url("app"), COUNT));
@@ -365,16 +371,7 @@ async fn killed_relay_restarts_with_every_change_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarts_lose_nothing() {
     let pg = std::sync::Arc::new(PgServer::start());
-    history_schema(&pg);
-    let dir = tempfile::tempdir().unwrap();
-    let config = postgres_config(
-        &pg.url("app"),
-        dir.path(),
-        &["public.history", "public.counters"],
-        free_port(),
-    );
-    let mut relay = RelayProcess::start(dir.path(), &config);
-    wait_streaming(&pg, &mut relay);
+    let (dir, mut relay) = start_history_relay(&pg);
 
     const COUNT: i64 = 3000;
     let writer = tokio::spawn(write_history(pg.url("app"), COUNT));

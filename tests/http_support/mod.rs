@@ -236,6 +236,18 @@ pub struct Event {
     pub data: String,
 }
 
+/// The record a `change` event carries; its `id` must be the record's cursor.
+pub fn record_of(event: &Event) -> Value {
+    assert_eq!(event.event, "change", "{event:?}");
+    let record: Value = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(
+        event.id.as_deref(),
+        record["cursor"].as_str(),
+        "id is the record's cursor"
+    );
+    record
+}
+
 pub struct SseClient {
     pub status: u16,
     pub headers: Vec<(String, String)>,
