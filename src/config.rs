@@ -1,6 +1,7 @@
 //! Typed configuration: one TOML file plus `DELTARELAY__SECTION__KEY` environment overrides.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,6 +30,11 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+    /// Per-collection read rules (`[collections."schema.table"]`), used with `auth.mode = "jwt"`.
+    #[serde(default)]
+    pub collections: BTreeMap<String, CollectionConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -36,14 +42,105 @@ pub struct Config {
 pub struct HttpConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Lets `auth.mode = "none"` listen on a non-loopback address (everything is then readable
+    /// by anyone who can reach the port).
+    #[serde(default)]
+    pub allow_unauthenticated_remote: bool,
+    /// Origins allowed to call the API from a browser (CORS), e.g. `["https://app.example.com"]`;
+    /// `["*"]` allows any. Empty: no CORS headers.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Serve the built-in console page (collections and the live feed) at `/`.
+    #[serde(default)]
+    pub console: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: default_listen(),
+            allow_unauthenticated_remote: false,
+            cors_origins: Vec::new(),
+            console: false,
         }
     }
+}
+
+/// `[limits]`: what one client may take. The subject is the token's `sub`, else the client's IP
+/// address; per-subject limits apply only with JWT auth.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Concurrent `/v1/stream` connections in total.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
+    /// Concurrent `/v1/stream` connections per subject.
+    #[serde(default = "default_max_streams_per_subject")]
+    pub max_streams_per_subject: u32,
+    /// Sustained API requests per second per subject (0 = unlimited).
+    #[serde(default = "default_requests_per_second")]
+    pub requests_per_second: u32,
+    /// Requests a subject may make at once above the sustained rate.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Total size of a request's headers (and query string), in bytes.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// The kernel send buffer of each HTTP connection (0 = the system's autotuning): what a
+    /// client that stops reading can make the machine hold.
+    #[serde(default = "default_send_buffer_bytes")]
+    pub send_buffer_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_streams: default_max_streams(),
+            max_streams_per_subject: default_max_streams_per_subject(),
+            requests_per_second: default_requests_per_second(),
+            burst: default_burst(),
+            max_header_bytes: default_max_header_bytes(),
+            send_buffer_bytes: default_send_buffer_bytes(),
+        }
+    }
+}
+
+fn default_max_streams() -> u32 {
+    10_000
+}
+fn default_max_streams_per_subject() -> u32 {
+    32
+}
+fn default_requests_per_second() -> u32 {
+    50
+}
+fn default_burst() -> u32 {
+    100
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_send_buffer_bytes() -> usize {
+    128 * 1024
+}
+
+/// `[collections."schema.table"]`: who may read a collection, and which of its rows.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionConfig {
+    /// Claim name → accepted values: the token's claim must hold one of them (every listed
+    /// claim must match). An array claim matches when any element does.
+    #[serde(default)]
+    pub read_claims: BTreeMap<String, Vec<serde_json::Value>>,
+    pub scope: Option<ScopeConfig>,
+}
+
+/// Only rows whose `column` equals the token's `claim`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeConfig {
+    pub column: String,
+    pub claim: String,
 }
 
 fn default_listen() -> SocketAddr {
@@ -59,6 +156,11 @@ pub struct LogConfig {
     /// `text` (human-readable) or `json` (one object per line, for journald/log shippers).
     #[serde(default)]
     pub format: LogFormat,
+}
+
+/// Like Postgres' own `wal_receiver_timeout`.
+fn default_replication_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_retention() -> Duration {
@@ -78,6 +180,37 @@ pub enum LogFormat {
 pub struct AuthConfig {
     #[serde(default)]
     pub mode: AuthMode,
+    /// HS256: the shared secret, from this environment variable (or inline `jwt_secret`).
+    pub jwt_secret_env: Option<String>,
+    pub jwt_secret: Option<String>,
+    /// RS256 / ES256: a PEM public key file.
+    pub jwt_public_key: Option<PathBuf>,
+    /// A JWKS file (RS256/ES256 keys chosen by `kid`), re-read on change and on SIGHUP.
+    pub jwks_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Serve collections that have no `[collections]` entry to every valid token.
+    #[serde(default)]
+    pub serve_unlisted: bool,
+    /// Serve `/metrics` without a token (for scrapers that cannot send one).
+    #[serde(default)]
+    pub public_metrics: bool,
+}
+
+impl AuthConfig {
+    /// The HS256 secret, from `jwt_secret` or the variable named by `jwt_secret_env`.
+    pub fn secret(&self) -> Result<Option<String>, String> {
+        match (&self.jwt_secret, &self.jwt_secret_env) {
+            (Some(s), None) => Ok(Some(s.clone())),
+            (None, Some(var)) => std::env::var(var).map(Some).map_err(|_| {
+                format!("auth.jwt_secret_env names {var}, but that environment variable is not set")
+            }),
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => {
+                Err("auth: set either jwt_secret or jwt_secret_env, not both".into())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -108,10 +241,35 @@ pub struct SourceConfig {
     pub publication: Option<String>,
     #[serde(default)]
     pub tables: Vec<String>,
+    /// A replication connection silent this long is dead (a network black hole): reconnect.
+    /// The relay asks the server for a reply after half of it; also bounds catalog queries.
+    #[serde(default = "default_replication_timeout", with = "duration_text")]
+    pub replication_timeout: Duration,
     // MongoDB
     pub database: Option<String>,
     #[serde(default)]
     pub collections: Vec<String>,
+    /// What an update event carries as the new document (MongoDB `fullDocument`).
+    #[serde(default)]
+    pub full_document: FullDocumentMode,
+    /// Fill `before` from pre-images (collections need `changeStreamPreAndPostImages`).
+    #[serde(default)]
+    pub pre_images: bool,
+}
+
+/// MongoDB `fullDocument` modes the relay accepts: each gives updates their full document.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum FullDocumentMode {
+    /// Look the document up when the event is read (the current version, not the one at the time).
+    #[default]
+    #[serde(rename = "updateLookup")]
+    UpdateLookup,
+    /// The post-image when the collection records one, else the event is skipped.
+    #[serde(rename = "whenAvailable")]
+    WhenAvailable,
+    /// The post-image; the stream fails when it is missing.
+    #[serde(rename = "required")]
+    Required,
 }
 
 impl SourceConfig {
@@ -146,6 +304,11 @@ impl SourceConfig {
         self.publication
             .clone()
             .unwrap_or_else(|| format!("deltarelay_{}", self.name))
+    }
+
+    /// Every collection of the database (`["*"]`) rather than a list.
+    pub fn all_collections(&self) -> bool {
+        self.collections.iter().any(|c| c == "*")
     }
 
     /// Every table (`["*"]`) rather than a list.
@@ -198,17 +361,81 @@ impl Config {
             source.resolve_url()?;
             match source.kind {
                 SourceKind::Postgres => validate_postgres(source)?,
-                SourceKind::Mongodb => {
-                    if source.database.is_none() {
-                        return Err(format!(
-                            "source {:?}: kind = \"mongodb\" needs database = \"…\"",
-                            source.name
-                        ));
-                    }
+                SourceKind::Mongodb => validate_mongodb(source)?,
+            }
+        }
+        self.validate_auth()
+    }
+
+    fn validate_auth(&self) -> Result<(), String> {
+        let auth = &self.auth;
+        match auth.mode {
+            AuthMode::None => {
+                if !self.http.listen.ip().is_loopback() && !self.http.allow_unauthenticated_remote {
+                    return Err(format!(
+                        "http.listen = \"{}\" is not a loopback address and auth.mode = \"none\": anyone who can reach it could read every synced row. Set [auth] mode = \"jwt\", listen on 127.0.0.1, or set http.allow_unauthenticated_remote = true to accept that",
+                        self.http.listen
+                    ));
+                }
+            }
+            AuthMode::Jwt => {
+                let secret = auth.secret()?;
+                let kinds = [
+                    secret.is_some(),
+                    auth.jwt_public_key.is_some(),
+                    auth.jwks_file.is_some(),
+                ];
+                match kinds.iter().filter(|k| **k).count() {
+                    1 => {}
+                    0 => return Err("auth.mode = \"jwt\" needs a key: jwt_secret_env (HS256), jwt_public_key (a PEM file, RS256/ES256) or jwks_file".into()),
+                    _ => return Err("auth: set only one of jwt_secret/jwt_secret_env, jwt_public_key and jwks_file".into()),
+                }
+                if secret.is_some_and(|s| s.len() < 32) {
+                    return Err("auth: the HS256 secret must be at least 32 bytes long".into());
+                }
+            }
+        }
+        for origin in &self.http.cors_origins {
+            let ok = origin == "*"
+                || ((origin.starts_with("https://") || origin.starts_with("http://"))
+                    && !origin.ends_with('/')
+                    && origin.bytes().all(|b| b.is_ascii_graphic()));
+            if !ok {
+                return Err(format!(
+                    "http.cors_origins: {origin:?} is not an origin: write it as \"https://app.example.com\" (scheme, host, optional port, no path), or \"*\" for any"
+                ));
+            }
+        }
+        for (name, rules) in &self.collections {
+            if !name.contains('.') {
+                return Err(format!(
+                    "[collections.{name:?}]: name collections as \"schema.table\" (Postgres) or \"database.collection\" (MongoDB)"
+                ));
+            }
+            if let Some(scope) = &rules.scope {
+                if scope.column.is_empty() || scope.claim.is_empty() {
+                    return Err(format!(
+                        "[collections.{name:?}]: scope needs a column and a claim, e.g. scope = {{ column = \"user_id\", claim = \"sub\" }}"
+                    ));
+                }
+            }
+            for (claim, values) in &rules.read_claims {
+                if values.is_empty() {
+                    return Err(format!(
+                        "[collections.{name:?}]: read_claims.{claim} lists no values: no token could read it"
+                    ));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Collection → scope column, for the log.
+    pub fn scope_columns(&self) -> BTreeMap<String, String> {
+        self.collections
+            .iter()
+            .filter_map(|(name, c)| c.scope.as_ref().map(|s| (name.clone(), s.column.clone())))
+            .collect()
     }
 }
 
@@ -235,6 +462,12 @@ fn validate_postgres(source: &SourceConfig) -> Result<(), String> {
             }
         }
     }
+    if source.replication_timeout < Duration::from_secs(1) {
+        return Err(format!(
+            "source {:?}: replication_timeout must be at least 1s (default 60s)",
+            source.name
+        ));
+    }
     for (what, name) in [
         ("slot", source.slot_name()),
         ("publication", source.publication_name()),
@@ -245,6 +478,47 @@ fn validate_postgres(source: &SourceConfig) -> Result<(), String> {
                 source.name
             ));
         }
+    }
+    Ok(())
+}
+
+fn validate_mongodb(source: &SourceConfig) -> Result<(), String> {
+    match source.database.as_deref() {
+        None | Some("") => {
+            return Err(format!(
+                "source {:?}: kind = \"mongodb\" needs database = \"…\"",
+                source.name
+            ))
+        }
+        Some(db) if db.contains(['.', '/', ' ', '$']) => {
+            return Err(format!(
+                "source {:?}: database {db:?} is not a valid MongoDB database name",
+                source.name
+            ))
+        }
+        Some(_) => {}
+    }
+    if source.collections.is_empty() {
+        return Err(format!(
+            "source {:?}: collections is empty: list collections as [\"events\"] or use [\"*\"] for the whole database",
+            source.name
+        ));
+    }
+    if source.all_collections() && source.collections.len() > 1 {
+        return Err(format!(
+            "source {:?}: collections = [\"*\"] cannot be combined with collection names",
+            source.name
+        ));
+    }
+    if let Some(bad) = source
+        .collections
+        .iter()
+        .find(|c| c.is_empty() || c.contains('$') || (c.contains('.') && *c != "*"))
+    {
+        return Err(format!(
+            "source {:?}: collection {bad:?}: write collection names without the database, e.g. \"events\"",
+            source.name
+        ));
     }
     Ok(())
 }
@@ -321,12 +595,72 @@ tables = ["public.events", "public.users"]
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/deltarelay.toml");
         let config = Config::load(&path).unwrap();
         assert_eq!(config.sources[0].tables.len(), 2);
+        let mongo = &config.sources[1];
+        assert_eq!(mongo.kind, SourceKind::Mongodb);
+        assert_eq!(mongo.full_document, FullDocumentMode::UpdateLookup);
+        assert!(!mongo.pre_images);
+    }
+
+    #[test]
+    fn mongodb_sources_need_a_database_and_collections() {
+        let mongo = |extra: &str| {
+            format!(
+                "{MINIMAL}\n[[sources]]\nname = \"m\"\nkind = \"mongodb\"\nurl = \"mongodb://h/\"\n{extra}"
+            )
+        };
+        let err = load_text(&mongo("collections = [\"e\"]")).unwrap_err();
+        assert!(err.to_string().contains("database"), "{err}");
+        let err = load_text(&mongo("database = \"app\"")).unwrap_err();
+        assert!(err.to_string().contains("collections is empty"), "{err}");
+        let err = load_text(&mongo(
+            "database = \"app\"\ncollections = [\"e\"]\nfull_document = \"lookup\"",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("lookup"), "{err}");
+        let config = load_text(&mongo(
+            "database = \"app\"\ncollections = [\"*\"]\nfull_document = \"required\"\npre_images = true",
+        ))
+        .unwrap();
+        assert!(config.sources[1].all_collections());
+        assert_eq!(config.sources[1].full_document, FullDocumentMode::Required);
     }
 
     #[test]
     fn rejects_unknown_keys_by_name() {
         let err = load_text(&MINIMAL.replace("[auth]", "[auth]\nmoed = 1")).unwrap_err();
         assert!(err.to_string().contains("moed"), "{err}");
+        for (section, typo) in [
+            ("[http]", "consol = true"),
+            ("[log]", "tombstone_retension = \"1d\""),
+            ("[[sources]]", "tabels = []"),
+        ] {
+            let text = MINIMAL.replace(section, &format!("{section}\n{typo}"));
+            let err = load_text(&text).unwrap_err().to_string();
+            let key = typo.split(' ').next().unwrap();
+            assert!(err.contains(key), "{section} {key}: {err}");
+        }
+        let err = load_text(&format!("{MINIMAL}\n[metrics]\nport = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("metrics"), "{err}");
+    }
+
+    #[test]
+    fn console_is_off_unless_enabled() {
+        assert!(!load_text(MINIMAL).unwrap().http.console);
+        let text = MINIMAL.replace("[http]", "[http]\nconsole = true");
+        assert!(load_text(&text).unwrap().http.console);
+    }
+
+    #[test]
+    fn durations_take_units_from_seconds_to_days() {
+        for (text, secs) in [
+            ("30s", 30),
+            ("5m", 300),
+            ("12h", 43_200),
+            ("30d", 2_592_000),
+        ] {
+            let config = load_text(&MINIMAL.replace("\"30d\"", &format!("{text:?}"))).unwrap();
+            assert_eq!(config.log.tombstone_retention, Duration::from_secs(secs));
+        }
     }
 
     #[test]
@@ -348,5 +682,48 @@ tables = ["public.events", "public.users"]
             err.to_string().contains("DELTARELAY_TEST_SURELY_UNSET"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn auth_none_is_refused_on_a_public_address_unless_allowed() {
+        let public = MINIMAL.replace("127.0.0.1:8080", "0.0.0.0:8080");
+        let err = load_text(&public).unwrap_err().to_string();
+        assert!(
+            err.contains("not a loopback address") && err.contains("allow_unauthenticated_remote"),
+            "{err}"
+        );
+        let allowed = public.replace(
+            "listen = \"0.0.0.0:8080\"",
+            "listen = \"0.0.0.0:8080\"\nallow_unauthenticated_remote = true",
+        );
+        load_text(&allowed).unwrap();
+    }
+
+    #[test]
+    fn jwt_rules_and_keys() {
+        let jwt = MINIMAL.replace(
+            "mode = \"none\"",
+            "mode = \"jwt\"\njwt_secret = \"0123456789abcdef0123456789abcdef\"\nissuer = \"https://a\"",
+        ) + r#"
+[collections."public.todos"]
+read_claims = { role = ["user", "admin"] }
+scope = { column = "user_id", claim = "sub" }
+[collections."public.tags"]
+"#;
+        let config = load_text(&jwt).unwrap();
+        let todos = &config.collections["public.todos"];
+        assert_eq!(todos.read_claims["role"].len(), 2);
+        assert_eq!(todos.scope.as_ref().unwrap().column, "user_id");
+        assert_eq!(
+            config.scope_columns(),
+            BTreeMap::from([("public.todos".to_string(), "user_id".to_string())])
+        );
+        assert!(config.collections.contains_key("public.tags"));
+        let keyless = MINIMAL.replace("mode = \"none\"", "mode = \"jwt\"");
+        let err = load_text(&keyless).unwrap_err().to_string();
+        assert!(err.contains("jwt_secret_env"), "{err}");
+        let short = MINIMAL.replace("mode = \"none\"", "mode = \"jwt\"\njwt_secret = \"short\"");
+        let err = load_text(&short).unwrap_err().to_string();
+        assert!(err.contains("32 bytes"), "{err}");
     }
 }

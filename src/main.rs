@@ -7,12 +7,23 @@ use deltarelay::source::postgres::catalog;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+const EXAMPLES: &str = "\
+Examples:
+  deltarelay check --config /etc/deltarelay/deltarelay.toml
+      Validate the config and each source's prerequisites; prints what to fix.
+  deltarelay run --config /etc/deltarelay/deltarelay.toml
+      Run the relay (under systemd: see deploy/deltarelay.service).
+  DELTARELAY__HTTP__LISTEN=0.0.0.0:8080 deltarelay run
+      Any config key can be overridden as DELTARELAY__SECTION__KEY.
+  deltarelay slot drop --source app_pg
+      After uninstalling: drop the replication slot and publication so Postgres keeps no WAL for us.";
+
 #[derive(Parser)]
 #[command(
     name = "deltarelay",
     version,
     about = "Change-data-capture relay: Postgres logical replication into a durable change log, served over HTTP and SSE",
-    after_help = "Examples:\n  deltarelay run --config /etc/deltarelay/deltarelay.toml\n  deltarelay check --config ./deltarelay.toml"
+    after_help = EXAMPLES
 )]
 struct Cli {
     /// Path of the TOML config file.
@@ -26,8 +37,27 @@ struct Cli {
 enum Command {
     /// Run the relay until SIGTERM or Ctrl-C.
     Run,
-    /// Validate the config and check each source's prerequisites.
+    /// Validate the config and check each source's prerequisites (exit status 1 on any FAIL).
     Check,
+    /// Manage a Postgres source's replication slot.
+    Slot {
+        #[command(subcommand)]
+        action: SlotAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SlotAction {
+    /// Drop the replication slot and the publication (stop the relay first). Postgres then
+    /// keeps no WAL for deltarelay; the next `run` needs a fresh log directory.
+    Drop {
+        /// The source whose slot to drop; required when several Postgres sources are configured.
+        #[arg(long)]
+        source: Option<String>,
+        /// Keep the publication; drop only the slot.
+        #[arg(long)]
+        keep_publication: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -35,11 +65,19 @@ fn main() -> ExitCode {
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => {
+            if matches!(cli.command, Command::Check) {
+                println!("FAIL config file: {e}");
+            }
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    init_tracing(config.log.format);
+    // Commands that talk to the operator keep the log quiet unless asked.
+    let default_level = match cli.command {
+        Command::Run => "info",
+        _ => "warn",
+    };
+    init_tracing(config.log.format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,6 +91,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run => runtime.block_on(deltarelay::relay::run(config, stop_signal())),
         Command::Check => runtime.block_on(check(&config)),
+        Command::Slot {
+            action:
+                SlotAction::Drop {
+                    source,
+                    keep_publication,
+                },
+        } => runtime.block_on(slot_drop(&config, source.as_deref(), keep_publication)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,9 +109,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DELTARELAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -102,52 +147,61 @@ async fn stop_signal() {
 
 /// Prints one line per check; fails if any check fails.
 async fn check(config: &Config) -> anyhow::Result<()> {
-    println!("ok   config is valid");
-    let mut failures = 0;
-    for source in &config.sources {
-        if source.kind != SourceKind::Postgres {
-            println!(
-                "skip {}: checks for this kind are not available yet",
-                source.name
-            );
-            continue;
-        }
-        let url = source.resolve_url().map_err(anyhow::Error::msg)?;
-        let pg: tokio_postgres::Config = url.parse().context("invalid Postgres URL")?;
-        let client = match catalog::connect(&pg).await {
-            Ok(client) => client,
-            Err(e) => {
-                println!("FAIL {}: cannot connect: {e}", source.name);
-                failures += 1;
-                continue;
-            }
-        };
-        let tables = if source.all_tables() {
-            vec![]
-        } else {
-            source.tables.clone()
-        };
-        for (what, result) in [
-            (
-                "wal_level is logical",
-                catalog::check_wal_level(&client).await,
-            ),
-            (
-                "every table exists and has a key",
-                catalog::check_tables(&client, &tables).await,
-            ),
-        ] {
-            match result {
-                Ok(()) => println!("ok   {}: {what}", source.name),
-                Err(e) => {
-                    println!("FAIL {}: {e}", source.name);
-                    failures += 1;
-                }
-            }
-        }
-    }
+    let results = deltarelay::check::run(config, |result| println!("{result}")).await;
+    let failures = deltarelay::check::failures(&results);
     if failures > 0 {
-        anyhow::bail!("{failures} check(s) failed");
+        anyhow::bail!("{failures} check(s) failed: fix them and run deltarelay check again");
     }
+    println!("all checks passed");
+    Ok(())
+}
+
+/// `deltarelay slot drop`: removes what makes Postgres keep WAL for the relay.
+async fn slot_drop(
+    config: &Config,
+    wanted: Option<&str>,
+    keep_publication: bool,
+) -> anyhow::Result<()> {
+    let postgres: Vec<_> = config
+        .sources
+        .iter()
+        .filter(|s| s.kind == SourceKind::Postgres)
+        .collect();
+    let source = match (wanted, postgres.as_slice()) {
+        (Some(name), _) => postgres
+            .iter()
+            .find(|s| s.name == name)
+            .with_context(|| format!("no Postgres source named {name:?} in the config"))?,
+        (None, [only]) => only,
+        (None, []) => anyhow::bail!("the config has no Postgres source"),
+        (None, _) => {
+            anyhow::bail!("several Postgres sources are configured: name one with --source")
+        }
+    };
+    let url = source.resolve_url().map_err(anyhow::Error::msg)?;
+    let (pg, tls) = deltarelay::source::postgres::tls::parse(&url)
+        .map_err(anyhow::Error::msg)
+        .context("invalid Postgres URL")?;
+    let client = catalog::connect_tls(&pg, &tls)
+        .await
+        .with_context(|| format!("connecting to source {}", source.name))?;
+    let slot = source.slot_name();
+    if catalog::drop_slot(&client, &slot).await? {
+        println!("dropped replication slot {slot}");
+    } else {
+        println!("replication slot {slot} does not exist");
+    }
+    if !keep_publication {
+        let publication = source.publication_name();
+        if catalog::drop_publication(&client, &publication).await? {
+            println!("dropped publication {publication}");
+        } else {
+            println!("publication {publication} does not exist");
+        }
+    }
+    println!(
+        "the log in {} now refers to a slot that is gone: remove it before running the relay again",
+        config.log.dir.display()
+    );
     Ok(())
 }

@@ -1,10 +1,13 @@
 //! The daemon: opens the log, starts every source and the HTTP server, and stops them in order.
 
-use crate::config::{Config, SourceKind};
+use crate::auth::{Access, Verifier};
+use crate::config::{AuthMode, Config, SourceKind};
 use crate::http::{self, AppState};
 use crate::log::Log;
+use crate::source::mongo::MongoSource;
 use crate::source::postgres::PostgresSource;
-use anyhow::{bail, Context};
+use crate::systemd;
+use anyhow::Context;
 use std::future::Future;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -13,10 +16,15 @@ use tokio::task::JoinSet;
 pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     // Before the sources start, so that their first counters are recorded.
     http::telemetry::install();
-    let log = Log::open(&config.log.dir)
+    let log = Log::open_scoped(&config.log.dir, config.scope_columns())
         .with_context(|| format!("opening the log in {}", config.log.dir.display()))?;
     tracing::info!(dir = %config.log.dir.display(), epoch = log.epoch(), "log open");
     let (shutdown_tx, shutdown) = watch::channel(false);
+    let retention = tokio::spawn(crate::log::retention::run(
+        log.clone(),
+        config.log.tombstone_retention,
+        shutdown.clone(),
+    ));
 
     let mut sources = JoinSet::new();
     let mut statuses = Vec::new();
@@ -27,30 +35,47 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
                 statuses.push(pg.status());
                 let name = source.name.clone();
                 let shutdown = shutdown.clone();
-                sources.spawn(async move { (name, pg.run(shutdown).await) });
+                sources.spawn(
+                    async move { (name, pg.run(shutdown).await.map_err(anyhow::Error::new)) },
+                );
             }
-            SourceKind::Mongodb => bail!(
-                "source {:?}: kind = \"mongodb\" is not supported by this build yet",
-                source.name
-            ),
+            SourceKind::Mongodb => {
+                let mongo = MongoSource::new(source, log.clone())?;
+                statuses.push(mongo.status());
+                let name = source.name.clone();
+                let shutdown = shutdown.clone();
+                sources.spawn(async move {
+                    (name, mongo.run(shutdown).await.map_err(anyhow::Error::new))
+                });
+            }
         }
     }
 
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
+    let listener = listen(config.http.listen, config.limits.send_buffer_bytes)
         .with_context(|| format!("listening on {}", config.http.listen))?;
     tracing::info!(listen = %config.http.listen, "serving HTTP");
+    tokio::spawn(systemd::notify_ready(statuses.clone(), shutdown.clone()));
+    tokio::spawn(systemd::watchdog(shutdown.clone()));
     let state = AppState {
         log: log.clone(),
         sources: statuses,
     };
-    let mut server = tokio::spawn(http::serve(listener, state, shutdown.clone()));
+    let options = http_options(&config)?;
+    if let Some(verifier) = &options.verifier {
+        verifier.clone().spawn_reloader(shutdown.clone());
+    }
+    let mut app = http::router_with(state, options, shutdown.clone());
+    if config.http.console {
+        tracing::info!("serving the console at /");
+        app = app.merge(http::console::router());
+    }
+    let mut server = tokio::spawn(http::serve_router(listener, app, shutdown.clone()));
 
     tokio::pin!(stop);
     let failure = tokio::select! {
         _ = &mut stop => None,
         Some(done) = sources.join_next() => match done {
-            Ok((name, Err(e))) => Some(anyhow::Error::new(e).context(format!("source {name}"))),
+            Ok((name, Err(e))) => Some(e.context(format!("source {name}"))),
             Ok((_, Ok(()))) => None,
             Err(e) => Some(anyhow::Error::new(e).context("a source task panicked")),
         },
@@ -62,17 +87,92 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     };
 
     tracing::info!("shutting down");
+    systemd::notify_stopping();
     let _ = shutdown_tx.send(true);
     while let Some(done) = sources.join_next().await {
         if let Ok((name, Err(e))) = done {
             tracing::warn!(source = %name, error = %e, "source ended with an error during shutdown");
         }
     }
+    let _ = retention.await;
     if !server.is_finished() {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut server).await;
     }
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// The HTTP listener. Accepted connections inherit its send buffer size (`0` keeps the
+/// kernel's autotuning), which bounds what a client that stops reading makes the kernel hold.
+fn listen(
+    addr: std::net::SocketAddr,
+    send_buffer: usize,
+) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    if send_buffer > 0 {
+        socket.set_send_buffer_size(u32::try_from(send_buffer).unwrap_or(u32::MAX))?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Authentication, access rules, limits and CORS from the config; says loudly what is exposed.
+fn http_options(config: &Config) -> anyhow::Result<http::HttpOptions> {
+    let verifier = match config.auth.mode {
+        AuthMode::Jwt => Some(std::sync::Arc::new(
+            Verifier::from_config(&config.auth).map_err(anyhow::Error::msg)?,
+        )),
+        AuthMode::None => None,
+    };
+    let listen = config.http.listen;
+    match (&verifier, listen.ip().is_loopback()) {
+        (Some(_), _) => tracing::info!(
+            %listen,
+            collections = config.collections.len(),
+            serve_unlisted = config.auth.serve_unlisted,
+            "JWT auth: collections are served per [collections] rules"
+        ),
+        (None, true) => {
+            tracing::info!(%listen, "auth.mode = \"none\": every collection is readable by local clients")
+        }
+        (None, false) => tracing::warn!(
+            %listen,
+            "AUTH IS OFF ON A NON-LOOPBACK ADDRESS: every synced row of every collection is readable by anyone who can reach {listen} (http.allow_unauthenticated_remote = true)"
+        ),
+    }
+    Ok(http::HttpOptions {
+        access: Access::from_config(config),
+        verifier,
+        public_metrics: config.auth.public_metrics,
+        limits: Some(config.limits.clone()),
+        cors_origins: config.http.cors_origins.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_get_the_configured_send_buffer() {
+        for (configured, expected) in [(65536, Some(2 * 65536)), (0, None)] {
+            let listener = listen("127.0.0.1:0".parse().unwrap(), configured).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            let socket = tokio::net::TcpSocket::from_std_stream(accepted.into_std().unwrap());
+            let size = socket.send_buffer_size().unwrap();
+            match expected {
+                // Linux doubles the size it is given, for its bookkeeping.
+                Some(expected) => assert_eq!(size, expected),
+                None => assert_ne!(size, 2 * 65536),
+            }
+        }
     }
 }

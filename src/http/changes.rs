@@ -1,11 +1,12 @@
 //! `GET /v1/changes`: one page of the log after a cursor, optionally long-polled.
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::params::{self, RawParams, Since};
 use super::{check_snapshot, telemetry, SharedState};
-use crate::log::reader::{Page, ReadFrom};
+use crate::log::reader::{Page, ReadFrom, RowFilter};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::time::Instant;
 
 pub async fn changes(
     State(shared): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(pairs) = query.map_err(|e| ApiError::bad_parameter("query string", e.body_text()))?;
@@ -20,10 +22,9 @@ pub async fn changes(
     let since = params::parse_since("since", raw.since.as_deref())?;
     let limit = params::parse_limit(raw.limit.as_deref())?;
     let wait = params::parse_wait(raw.wait.as_deref())?;
-    let collections = params::parse_collections(raw.collections.as_deref())?.map(Arc::new);
-    shared
-        .check_request(&since, collections.as_deref().map(Vec::as_slice))
-        .await?;
+    let collections = params::parse_collections(raw.collections.as_deref())?;
+    let filter = Arc::new(shared.gate.filter(&caller, collections.as_deref())?);
+    shared.check_request(&since, collections.as_deref()).await?;
 
     let deadline = Instant::now() + wait;
     let mut head = shared.log().head();
@@ -35,7 +36,7 @@ pub async fn changes(
     };
     let mut first = true;
     let page = loop {
-        let page = read_page(&shared, from.clone(), collections.clone(), limit).await?;
+        let page = read_page(&shared, from.clone(), filter.clone(), limit).await?;
         if first {
             if let Since::Cursor(cursor) = &since {
                 check_snapshot(cursor, page.purged_seq, page.head_seq)?;
@@ -76,12 +77,12 @@ pub async fn changes(
 async fn read_page(
     shared: &SharedState,
     from: ReadFrom,
-    collections: Option<Arc<Vec<String>>>,
+    filter: Arc<RowFilter>,
     limit: usize,
 ) -> Result<Page, ApiError> {
     shared
         .readers
-        .run(move |reader| reader.page(&from, collections.as_deref().map(Vec::as_slice), limit))
+        .run(move |reader| reader.page(&from, &filter, limit))
         .await
 }
 

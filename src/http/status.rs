@@ -1,16 +1,22 @@
 //! `/v1/collections`, `/v1/status`, `/readyz`, `/metrics`.
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::{telemetry, SharedState};
 use crate::log::store;
-use axum::extract::State;
+use crate::source::SourceStatus;
+use axum::extract::{Extension, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use std::sync::atomic::Ordering;
+use tokio::sync::watch;
 
-pub async fn collections(State(shared): State<SharedState>) -> Result<Response, ApiError> {
+pub async fn collections(
+    State(shared): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
     let summaries = shared
         .readers
         .run(|reader| reader.collection_summaries())
@@ -19,8 +25,15 @@ pub async fn collections(State(shared): State<SharedState>) -> Result<Response, 
         let mut known = shared.known.write().expect("known collections lock");
         known.extend(summaries.iter().map(|s| s.name.clone()));
     }
+    let access = &shared.gate.options.access;
     let list: Vec<_> = summaries
         .into_iter()
+        .filter(|s| {
+            !matches!(
+                access.grant(&s.name, caller.claims.as_ref()),
+                crate::auth::Grant::Denied(_)
+            )
+        })
         .map(|s| json!({"name": s.name, "source": s.source, "key_columns": s.key_columns}))
         .collect();
     Ok(Json(json!({ "collections": list })).into_response())
@@ -67,23 +80,28 @@ fn log_bytes(shared: &SharedState) -> u64 {
 }
 
 pub async fn readyz(State(shared): State<SharedState>) -> Response {
-    let reasons: Vec<String> = shared
-        .app
-        .sources
+    match sources_ready(&shared.app.sources) {
+        Ok(()) => Json(json!({"ready": true})).into_response(),
+        Err(reasons) => {
+            let body =
+                json!({"error": "not_ready", "message": reasons.join("; "), "reasons": reasons});
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+/// Whether the relay is ready to serve (what `/readyz` and systemd's READY=1 wait for);
+/// otherwise one reason per source that is not.
+pub fn sources_ready(sources: &[watch::Receiver<SourceStatus>]) -> Result<(), Vec<String>> {
+    let reasons: Vec<String> = sources
         .iter()
-        .filter_map(|s| {
-            let s = s.borrow();
-            (!s.connected).then(|| match &s.last_error {
-                Some(e) => format!("source {} is not connected: {e}", s.name),
-                None => format!("source {} is not connected yet", s.name),
-            })
-        })
+        .filter_map(|s| s.borrow().not_ready_reason())
         .collect();
     if reasons.is_empty() {
-        return Json(json!({"ready": true})).into_response();
+        Ok(())
+    } else {
+        Err(reasons)
     }
-    let body = json!({"error": "not_ready", "message": reasons.join("; "), "reasons": reasons});
-    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 pub async fn metrics(State(shared): State<SharedState>) -> Result<Response, ApiError> {

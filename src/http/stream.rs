@@ -8,15 +8,22 @@
 //! reading the log from `pos`. The body is pulled by the connection, so a client that stops
 //! reading stops its own stream and nothing else; what it leaves behind is bounded by the
 //! broadcast channel's capacity, shared by all subscribers.
+//!
+//! Memory per slow client is bounded too: at most `CHUNKS_IN_FLIGHT` chunks are handed to the
+//! connection and not yet written to its socket (each chunk holds a permit until the
+//! connection drops it), and a stream that has to wait for its client lets go of the log page
+//! it was replaying and reads on from `pos` once the client has caught up. Without this, the
+//! connection buffers hundreds of KiB and the stream a whole page per silent client.
 
+use super::auth::{Caller, StreamSlot};
 use super::error::ApiError;
 use super::params::{self, RawParams, Since};
 use super::{check_snapshot, telemetry, SharedState};
-use crate::log::reader::{Page, ReadFrom};
+use crate::log::reader::{Page, ReadFrom, RowFilter};
 use crate::log::Committed;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -25,17 +32,25 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// Entries read from the log per query while replaying or catching up.
 const REPLAY_PAGE: usize = 1000;
+/// ... and at most about this many bytes of records, so a page's memory is bounded.
+const REPLAY_BYTES: usize = 2 * CHUNK_BYTES;
 /// A body chunk is handed to the connection once it holds this much.
-const CHUNK_BYTES: usize = 64 * 1024;
+const CHUNK_BYTES: usize = 32 * 1024;
+/// Chunks handed to the connection and not yet written to its socket, per stream.
+const CHUNKS_IN_FLIGHT: usize = 1;
+/// A replaying stream whose client has taken nothing for this long lets go of its page.
+const PATIENCE: Duration = Duration::from_millis(100);
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const RETRY_MS: u32 = 2000;
 
 pub async fn stream(
     State(shared): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -58,10 +73,10 @@ pub async fn stream(
         Some(id) => params::parse_since("Last-Event-ID", Some(id))?,
         None => params::parse_since("since", raw.since.as_deref())?,
     };
-    let collections = params::parse_collections(raw.collections.as_deref())?.map(Arc::new);
-    shared
-        .check_request(&since, collections.as_deref().map(Vec::as_slice))
-        .await?;
+    let collections = params::parse_collections(raw.collections.as_deref())?;
+    let filter = Arc::new(shared.gate.filter(&caller, collections.as_deref())?);
+    shared.check_request(&since, collections.as_deref()).await?;
+    let slot = shared.gate.open_stream(&caller)?;
 
     // Subscribe first: every commit after the snapshot read below reaches `live`.
     let live = shared.log().subscribe();
@@ -70,7 +85,7 @@ pub async fn stream(
         Since::Cursor(cursor) => ReadFrom::Seq(cursor.seq),
         Since::Time(time) => ReadFrom::CommitTime(time.clone()),
     };
-    let first = read_page(&shared, from, collections.clone()).await?;
+    let first = read_page(&shared, from, filter.clone(), REPLAY_PAGE).await?;
     if let Since::Cursor(cursor) = &since {
         check_snapshot(cursor, first.purged_seq, first.head_seq)?;
     }
@@ -79,8 +94,8 @@ pub async fn stream(
         _ => 0,
     };
 
-    let subscriber = Subscriber::new(shared.clone());
-    let body = events(subscriber, live, first, start_seq, collections);
+    let subscriber = Subscriber::new(shared.clone(), slot);
+    let body = events(subscriber, live, first, start_seq, filter);
     let mut response = Body::from_stream(body).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -95,30 +110,29 @@ pub async fn stream(
 async fn read_page(
     shared: &SharedState,
     from: ReadFrom,
-    collections: Option<Arc<Vec<String>>>,
+    filter: Arc<RowFilter>,
+    limit: usize,
 ) -> Result<Page, ApiError> {
     shared
         .readers
-        .run(move |reader| {
-            reader.page(
-                &from,
-                collections.as_deref().map(Vec::as_slice),
-                REPLAY_PAGE,
-            )
-        })
+        .run(move |reader| reader.page_within(&from, &filter, limit, REPLAY_BYTES))
         .await
 }
 
-/// Counts an open stream while it lives.
+/// Counts an open stream while it lives, and holds its limit slot.
 struct Subscriber {
     shared: SharedState,
+    _slot: StreamSlot,
 }
 
 impl Subscriber {
-    fn new(shared: SharedState) -> Subscriber {
+    fn new(shared: SharedState, slot: StreamSlot) -> Subscriber {
         let now = shared.subscribers.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!(telemetry::SSE_SUBSCRIBERS).set(now as f64);
-        Subscriber { shared }
+        Subscriber {
+            shared,
+            _slot: slot,
+        }
     }
 }
 
@@ -126,6 +140,57 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         let now = self.shared.subscribers.fetch_sub(1, Ordering::Relaxed) - 1;
         metrics::gauge!(telemetry::SSE_SUBSCRIBERS).set(now as f64);
+    }
+}
+
+/// A chunk on its way to the client: its permit returns when the connection has written it
+/// (and dropped it).
+struct Chunk {
+    bytes: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Limits the chunks of one stream that are not written yet.
+struct InFlight(Arc<Semaphore>);
+
+impl InFlight {
+    fn new() -> InFlight {
+        InFlight(Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT)))
+    }
+
+    /// `bytes` as a chunk that holds a permit, waiting as long as the client needs.
+    async fn track(&self, bytes: Bytes) -> Bytes {
+        let permit = self.0.clone().acquire_owned().await.ok();
+        chunk(bytes, permit)
+    }
+
+    /// A permit for the next chunk, unless the client has not taken the earlier ones within
+    /// PATIENCE (its socket is full), so the caller can let go of what it holds first. (The
+    /// connection writes what it has whenever the stream waits, so a reading client frees a
+    /// permit at once.)
+    async fn permit_soon(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(PATIENCE, self.0.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+/// `bytes` holding `permit` until the connection drops it. (The semaphore is never closed;
+/// were it, an untracked chunk is still correct.)
+fn chunk(bytes: Bytes, permit: Option<OwnedSemaphorePermit>) -> Bytes {
+    match permit {
+        Some(permit) => Bytes::from_owner(Chunk {
+            bytes,
+            _permit: permit,
+        }),
+        None => bytes,
     }
 }
 
@@ -148,6 +213,12 @@ impl Out {
         self.sent += 1;
     }
 
+    /// Room for a whole chunk at once, so that a replay chunk is one allocation of about
+    /// CHUNK_BYTES rather than one grown by doubling. (Live events are small: they skip it.)
+    fn reserve_chunk(&mut self) {
+        self.buf.reserve(CHUNK_BYTES + 8 * 1024);
+    }
+
     fn full(&self) -> bool {
         self.buf.len() >= CHUNK_BYTES
     }
@@ -166,47 +237,76 @@ fn events(
     mut live: tokio::sync::broadcast::Receiver<Arc<Committed>>,
     first: Page,
     start_seq: u64,
-    collections: Option<Arc<Vec<String>>>,
+    filter: Arc<RowFilter>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     async_stream::stream! {
         let shared = subscriber.shared.clone();
         let mut shutdown = shared.shutdown.clone();
         let mut out = Out { buf: BytesMut::new(), epoch: shared.log().epoch(), sent: 0 };
         out.buf.put_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
-        let wanted = |collection: &str| collections.as_ref().map_or(true, |names| names.iter().any(|n| n == collection));
 
         // `pos`: every matching entry with seq <= pos has been sent.
         let mut pos = start_seq;
+        // The stream ends when the purge mark passes its position after it started: a reset
+        // source or purged tombstones it has not seen. The client reconnects, gets 410 and
+        // starts over, instead of silently missing what was dropped.
+        let start_mark = first.purged_seq;
+        let expired = |mark: u64, pos: u64| mark > pos && mark > start_mark;
         let mut page = Some(first);
+        let in_flight = InFlight::new();
         let mut ready = false;
         let mut failed = false;
+        let mut overtaken = false;
         // Replay (and, later, catch-up): read the log from `pos` until a page reaches its head.
         'outer: loop {
             while let Some(current) = page.take() {
-                for entry in &current.entries {
+                if expired(current.purged_seq, pos) {
+                    overtaken = true;
+                    break 'outer;
+                }
+                // When the client is behind, let go of the page and read on from `pos` once it
+                // has caught up, rather than hold the page meanwhile; that next page is about
+                // what the client took, so that a slow client does not make the stream read
+                // much more than it sends.
+                let mut behind = false;
+                let mut limit = REPLAY_PAGE;
+                out.reserve_chunk();
+                for (taken, entry) in current.entries.iter().enumerate() {
                     out.change(entry.seq, &entry.record);
                     pos = entry.seq;
                     if out.full() {
-                        yield Ok(out.take());
+                        let Some(permit) = in_flight.permit_soon().await else {
+                            behind = true;
+                            limit = (taken + 1).clamp(16, REPLAY_PAGE);
+                            break;
+                        };
+                        yield Ok(chunk(out.take(), Some(permit)));
+                        out.reserve_chunk();
                     }
                 }
-                if current.has_more {
+                let has_more = behind || current.has_more;
+                let head_seq = current.head_seq;
+                drop(current);
+                if behind {
+                    yield Ok(in_flight.track(out.take()).await);
+                }
+                if has_more {
                     if stopping(&shutdown) {
                         break 'outer;
                     }
-                    match read_page(&shared, ReadFrom::Seq(pos), collections.clone()).await {
+                    match read_page(&shared, ReadFrom::Seq(pos), filter.clone(), limit).await {
                         Ok(next) => page = Some(next),
                         Err(_) => { failed = true; break 'outer; }
                     }
                 } else {
-                    pos = pos.max(current.head_seq);
+                    pos = pos.max(head_seq);
                 }
             }
             if !ready {
                 ready = true;
                 out.buf.put_slice(format!("id: {}-{}\nevent: ready\ndata: {{\"cursor\":\"{}-{}\"}}\n\n", out.epoch, pos, out.epoch, pos).as_bytes());
             }
-            yield Ok(out.take());
+            yield Ok(in_flight.track(out.take()).await);
 
             // Live: follow the broadcast until we fall behind it.
             let mut quiet_since = Instant::now();
@@ -228,6 +328,10 @@ fn events(
                 };
                 match received {
                     Ok(commit) => {
+                        if expired(commit.purged_seq, pos) {
+                            overtaken = true;
+                            break 'outer;
+                        }
                         if commit.last_seq <= pos {
                             continue;
                         }
@@ -236,16 +340,16 @@ fn events(
                             // Too large to broadcast, or a hole before it: read the log.
                             _ => break,
                         };
-                        for record in records.iter().filter(|r| r.seq > pos && wanted(&r.collection)) {
+                        for record in records.iter().filter(|r| r.seq > pos && filter.allows(&r.collection, &r.scope, r.op)) {
                             out.change(record.seq, &record.json);
                             if out.full() {
-                                yield Ok(out.take());
+                                yield Ok(in_flight.track(out.take()).await);
                             }
                         }
                         pos = commit.last_seq;
                         if !out.buf.is_empty() {
                             quiet_since = Instant::now();
-                            yield Ok(out.take());
+                            yield Ok(in_flight.track(out.take()).await);
                         }
                     }
                     Err(RecvError::Lagged(_)) => break,
@@ -256,10 +360,13 @@ fn events(
             if stopping(&shutdown) {
                 break;
             }
-            match read_page(&shared, ReadFrom::Seq(pos), collections.clone()).await {
+            match read_page(&shared, ReadFrom::Seq(pos), filter.clone(), REPLAY_PAGE).await {
                 Ok(next) => page = Some(next),
                 Err(_) => { failed = true; break; }
             }
+        }
+        if overtaken {
+            out.buf.put_slice(b": the log was reset or purged past this stream's position; reconnect to start over\n\n");
         }
         if failed {
             // The client reconnects (EventSource does) and resumes from its last event.

@@ -14,6 +14,10 @@ pub const LOG_HEAD_SEQ: &str = "deltarelay_log_head_seq";
 pub const CHANGES_INGESTED: &str = "deltarelay_changes_ingested_total";
 pub const LOG_COMMIT_SECONDS: &str = "deltarelay_log_commit_seconds";
 pub const REPLICATION_LAG_BYTES: &str = "deltarelay_replication_lag_bytes";
+pub const COPY_ROWS: &str = "deltarelay_copy_rows_total";
+pub const COPY_TABLES_REMAINING: &str = "deltarelay_copy_tables_remaining";
+pub const SOURCE_RESETS: &str = "deltarelay_source_resets_total";
+pub const TOMBSTONES_PURGED: &str = "deltarelay_tombstones_purged_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -66,5 +70,21 @@ fn describe() {
     metrics::describe_gauge!(
         REPLICATION_LAG_BYTES,
         "Upstream WAL not yet durable in the log, by source"
+    );
+    metrics::describe_counter!(
+        COPY_ROWS,
+        "Rows written by initial copies, by source and collection"
+    );
+    metrics::describe_gauge!(
+        COPY_TABLES_REMAINING,
+        "Tables still to copy before a source is ready, by source"
+    );
+    metrics::describe_counter!(
+        SOURCE_RESETS,
+        "Times a source lost its upstream history and started over with a new copy"
+    );
+    metrics::describe_counter!(
+        TOMBSTONES_PURGED,
+        "Delete and truncate tombstones dropped after log.tombstone_retention"
     );
 }

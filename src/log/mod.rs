@@ -8,6 +8,8 @@
 
 pub mod cursor;
 pub mod reader;
+pub mod retention;
+pub mod scope;
 pub mod store;
 pub mod writer;
 
@@ -23,7 +25,7 @@ use writer::LogWriter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("log storage error: {0}")]
+    #[error("{}", describe_sqlite(.0))]
     Sqlite(#[from] rusqlite::Error),
     #[error("log record encoding error: {0}")]
     Json(#[from] serde_json::Error),
@@ -40,6 +42,17 @@ pub enum LogError {
     Stopped,
 }
 
+/// A full disk is the storage error an operator can fix, so it says what to do.
+fn describe_sqlite(error: &rusqlite::Error) -> String {
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => format!(
+            "the log's disk is full ({error}): free space where log.dir is; until then nothing \
+             more is acknowledged upstream and the relay retries by itself"
+        ),
+        _ => format!("log storage error: {error}"),
+    }
+}
+
 /// Batches of changes in flight to the writer thread: bounds memory when the writer is slower
 /// than the source.
 const COMMAND_QUEUE: usize = 16;
@@ -48,6 +61,20 @@ const COMMITTED_BROADCAST: usize = 1024;
 enum Command {
     Begin,
     Append(Arc<TxMeta>, Vec<Change>),
+    AppendCopied {
+        tx: Arc<TxMeta>,
+        changes: Vec<Change>,
+        floor: u64,
+    },
+    RemoveCollection(String),
+    ResetSource {
+        source: String,
+        reply: oneshot::Sender<Result<u64, LogError>>,
+    },
+    PurgeTombstones {
+        before: String,
+        reply: oneshot::Sender<Result<usize, LogError>>,
+    },
     Commit {
         source: String,
         position: String,
@@ -74,7 +101,12 @@ pub struct Log {
 impl Log {
     /// Opens (or creates) the log under `dir` and starts its writer thread.
     pub fn open(dir: &Path) -> Result<Log, LogError> {
-        let writer = LogWriter::open(dir)?;
+        Log::open_scoped(dir, scope::ScopeColumns::new())
+    }
+
+    /// Opens the log with the configured row-scope columns (collection → column).
+    pub fn open_scoped(dir: &Path, scopes: scope::ScopeColumns) -> Result<Log, LogError> {
+        let writer = LogWriter::open_scoped(dir, scopes)?;
         let epoch = writer.epoch();
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let (committed, _) = broadcast::channel(COMMITTED_BROADCAST);
@@ -113,6 +145,30 @@ impl Log {
             reply,
         })
         .await?;
+        answer.await.map_err(|_| LogError::Stopped)?
+    }
+
+    /// Forgets everything `source` wrote and its stored position, and expires every cursor
+    /// issued so far (clients get 410 and start over; live streams end). For a source whose
+    /// upstream history is lost: it then copies everything again. Returns the new purge mark.
+    pub async fn reset_source(&self, source: &str) -> Result<u64, LogError> {
+        let _guard = self.write_lock.lock().await;
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::ResetSource {
+            source: source.to_string(),
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| LogError::Stopped)?
+    }
+
+    /// Drops tombstones committed before `before` (RFC 3339 UTC, `…ffffffZ`); cursors older
+    /// than the newest dropped one expire. Returns how many were dropped.
+    pub async fn purge_tombstones(&self, before: String) -> Result<usize, LogError> {
+        let _guard = self.write_lock.lock().await;
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::PurgeTombstones { before, reply })
+            .await?;
         answer.await.map_err(|_| LogError::Stopped)?
     }
 
@@ -167,6 +223,29 @@ impl LogTxn {
             .map_err(|_| LogError::Stopped)
     }
 
+    /// Queues rows of an initial copy that began when the log's head was `floor`: a row is
+    /// skipped when the stream has written its key since (see `LogWriter::append_copied`).
+    pub async fn append_copied(
+        &mut self,
+        tx: Arc<TxMeta>,
+        changes: Vec<Change>,
+        floor: u64,
+    ) -> Result<(), LogError> {
+        self.appended += changes.len();
+        self.commands
+            .send(Command::AppendCopied { tx, changes, floor })
+            .await
+            .map_err(|_| LogError::Stopped)
+    }
+
+    /// Queues the removal of every entry of `collection` (a table no longer synced).
+    pub async fn remove_collection(&mut self, collection: &str) -> Result<(), LogError> {
+        self.commands
+            .send(Command::RemoveCollection(collection.to_string()))
+            .await
+            .map_err(|_| LogError::Stopped)
+    }
+
     /// Changes queued so far in this local transaction.
     pub fn appended(&self) -> usize {
         self.appended
@@ -217,6 +296,37 @@ fn run_writer(
                     }
                 }
             }
+            Command::AppendCopied { tx, changes, floor } => {
+                if failed.is_some() {
+                    continue;
+                }
+                for change in changes {
+                    if let Err(e) = writer.append_copied(&tx, change, floor) {
+                        writer.rollback();
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            Command::RemoveCollection(collection) => {
+                if failed.is_some() {
+                    continue;
+                }
+                if let Err(e) = writer.remove_collection(&collection) {
+                    writer.rollback();
+                    failed = Some(e);
+                }
+            }
+            Command::ResetSource { source, reply } => {
+                let result = writer.reset_source(&source);
+                announce_maintenance(&writer, &result, &committed);
+                let _ = reply.send(result);
+            }
+            Command::PurgeTombstones { before, reply } => {
+                let result = writer.purge_tombstones(&before);
+                announce_maintenance(&writer, &result, &committed);
+                let _ = reply.send(result);
+            }
             Command::Commit {
                 source,
                 position,
@@ -245,6 +355,24 @@ fn run_writer(
     writer.rollback();
 }
 
+/// Tells live subscribers that the purge mark moved, so that one positioned below it ends its
+/// stream instead of silently missing what was dropped.
+fn announce_maintenance<T>(
+    writer: &LogWriter,
+    result: &Result<T, LogError>,
+    committed: &broadcast::Sender<Arc<Committed>>,
+) {
+    if result.is_ok() {
+        let head = writer.head_seq();
+        let _ = committed.send(Arc::new(Committed {
+            after_seq: head,
+            last_seq: head,
+            records: Some(Vec::new()),
+            purged_seq: writer.purged_seq(),
+        }));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +381,22 @@ mod tests {
 
     fn row(value: serde_json::Value) -> Row {
         value.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn a_full_disk_says_what_to_do() {
+        let full = LogError::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        ));
+        let text = full.to_string();
+        assert!(text.starts_with("the log's disk is full ("), "{text}");
+        assert!(text.contains("free space where log.dir is"), "{text}");
+        let other = LogError::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            None,
+        ));
+        assert!(other.to_string().starts_with("log storage error: "));
     }
 
     fn tx(id: &str) -> Arc<TxMeta> {
@@ -297,6 +441,44 @@ mod tests {
         let mut txn = log.begin().await.unwrap();
         txn.append(tx(position), changes).await.unwrap();
         txn.commit("pg", position.into()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn pages_end_at_a_byte_budget_between_transactions() {
+        use reader::{ReadFrom, RowFilter};
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        for t in 0..3 {
+            commit(
+                &log,
+                &format!("{t}"),
+                vec![
+                    upsert(
+                        Op::Insert,
+                        t * 2,
+                        json!({"id": t * 2, "v": "x".repeat(100)}),
+                    ),
+                    upsert(Op::Insert, t * 2 + 1, json!({"id": t * 2 + 1, "v": "y"})),
+                ],
+            )
+            .await;
+        }
+        let reader = log.reader().unwrap();
+        let page = |max_bytes| {
+            reader
+                .page_within(&ReadFrom::Seq(0), &RowFilter::all(), 1000, max_bytes)
+                .unwrap()
+        };
+        let seqs = |p: &reader::Page| p.entries.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let all = page(usize::MAX);
+        assert_eq!((seqs(&all), all.has_more), ((1..=6).collect(), false));
+        // Three records' worth ends inside the second transaction: the page stops before it.
+        let three: usize = all.entries[..3].iter().map(|e| e.record.len()).sum();
+        let budget = page(three);
+        assert_eq!((seqs(&budget), budget.has_more), (vec![1, 2], true));
+        // A budget smaller than one record still returns one.
+        let tiny = page(1);
+        assert_eq!((seqs(&tiny), tiny.has_more), (vec![1], true));
     }
 
     #[tokio::test]
@@ -424,6 +606,127 @@ mod tests {
             ]
         );
         assert_eq!(done.records.as_ref().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn copied_rows_never_overwrite_what_the_stream_wrote_since_the_copy_began() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        // An entry from before the copy (e.g. an interrupted earlier copy): overwritten.
+        commit(
+            &log,
+            "1",
+            vec![upsert(Op::Insert, 1, json!({"id": 1, "v": "old"}))],
+        )
+        .await;
+        let floor = *log.head().borrow();
+        // The stream writes key 2 (update) and key 3 (delete) after the copy began.
+        commit(
+            &log,
+            "2",
+            vec![
+                upsert(Op::Update, 2, json!({"id": 2, "v": "stream"})),
+                delete(3),
+            ],
+        )
+        .await;
+        let mut txn = log.begin().await.unwrap();
+        txn.append_copied(
+            tx("snapshot"),
+            vec![
+                upsert(Op::Insert, 1, json!({"id": 1, "v": "copy"})),
+                upsert(Op::Insert, 2, json!({"id": 2, "v": "copy"})),
+                upsert(Op::Insert, 3, json!({"id": 3, "v": "copy"})),
+                upsert(Op::Insert, 4, json!({"id": 4, "v": "copy"})),
+            ],
+            floor,
+        )
+        .await
+        .unwrap();
+        txn.commit("pg#copy", "{}".into()).await.unwrap();
+        let state: Vec<_> = read_all(&log)
+            .iter()
+            .map(|r| {
+                let v = r.after.as_ref().map(|a| a["v"].clone());
+                (r.key.clone().unwrap()["id"].clone(), r.op, v)
+            })
+            .collect();
+        assert_eq!(
+            state,
+            vec![
+                (json!(2), Op::Update, Some(json!("stream"))),
+                (json!(3), Op::Delete, None),
+                (json!(1), Op::Insert, Some(json!("copy"))),
+                (json!(4), Op::Insert, Some(json!("copy"))),
+            ]
+        );
+        // The copy's progress is stored apart from the stream's position.
+        assert_eq!(log.position("pg").await.unwrap().as_deref(), Some("2"));
+    }
+
+    #[tokio::test]
+    async fn reset_source_forgets_the_source_and_expires_every_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        commit(&log, "1", vec![upsert(Op::Insert, 1, json!({"id": 1}))]).await;
+        let mut other = upsert(Op::Insert, 7, json!({"id": 7}));
+        other.collection = "app.docs".into();
+        let mut txn = log.begin().await.unwrap();
+        txn.append(
+            Arc::new(TxMeta {
+                source: "mongo".into(),
+                ..(*tx("m1")).clone()
+            }),
+            vec![other],
+        )
+        .await
+        .unwrap();
+        txn.commit("mongo", "token".into()).await.unwrap();
+        let mut live = log.subscribe();
+        let mark = log.reset_source("pg").await.unwrap();
+        assert_eq!(mark, 3, "every cursor up to the head (2) expires");
+        assert_eq!(live.recv().await.unwrap().purged_seq, 3);
+        let left: Vec<_> = read_all(&log).iter().map(|r| r.source.clone()).collect();
+        assert_eq!(left, vec!["mongo".to_string()]);
+        assert_eq!(log.position("pg").await.unwrap(), None);
+        assert_eq!(
+            log.position("mongo").await.unwrap().as_deref(),
+            Some("token")
+        );
+        assert_eq!(log.reader().unwrap().purged_seq().unwrap(), 3);
+        // Later commits carry the mark and continue the sequence.
+        let done = commit(&log, "9", vec![upsert(Op::Insert, 1, json!({"id": 1}))]).await;
+        assert_eq!((done.last_seq, done.purged_seq), (3, 3));
+    }
+
+    #[tokio::test]
+    async fn purging_tombstones_raises_the_purge_mark_to_the_newest_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        commit(
+            &log,
+            "1",
+            vec![
+                upsert(Op::Insert, 1, json!({"id": 1})),
+                delete(2),
+                delete(3),
+            ],
+        )
+        .await;
+        // Tombstones committed at or after the cut stay.
+        let removed = log
+            .purge_tombstones("2025-01-15T11:00:00.000000Z".into())
+            .await
+            .unwrap();
+        assert_eq!(removed, 0);
+        assert_eq!(log.reader().unwrap().purged_seq().unwrap(), 0);
+        let removed = log
+            .purge_tombstones("2025-01-16T00:00:00.000000Z".into())
+            .await
+            .unwrap();
+        assert_eq!(removed, 2);
+        assert_eq!(log.reader().unwrap().purged_seq().unwrap(), 3);
+        assert_eq!(read_all(&log).len(), 1);
     }
 
     #[tokio::test]

@@ -2,8 +2,88 @@
 
 use super::store;
 use super::LogError;
+use crate::record::Op;
+use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+
+/// Which entries a reader may see: whole collections and, in scoped collections, the rows of
+/// one scope value (plus the collection's truncate, which concerns every scope).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowFilter {
+    /// `None`: every collection, unrestricted.
+    rules: Option<Rules>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Rules {
+    full: BTreeSet<String>,
+    scoped: BTreeMap<String, String>,
+    /// `Some(named)`: every collection not in `named` is readable in full as well.
+    others_except: Option<BTreeSet<String>>,
+}
+
+impl RowFilter {
+    /// Everything.
+    pub fn all() -> RowFilter {
+        RowFilter { rules: None }
+    }
+
+    /// Nothing yet; add to it with [`RowFilter::full`], [`RowFilter::scoped`], [`RowFilter::others`].
+    pub fn none() -> RowFilter {
+        RowFilter {
+            rules: Some(Rules::default()),
+        }
+    }
+
+    /// Only these collections, in full (`None`: everything).
+    pub fn collections(names: Option<&[String]>) -> RowFilter {
+        match names {
+            None => RowFilter::all(),
+            Some(names) => names.iter().fold(RowFilter::none(), |f, n| f.full(n)),
+        }
+    }
+
+    pub fn full(mut self, collection: &str) -> RowFilter {
+        if let Some(rules) = self.rules.as_mut() {
+            rules.full.insert(collection.to_string());
+        }
+        self
+    }
+
+    pub fn scoped(mut self, collection: &str, scope: &str) -> RowFilter {
+        if let Some(rules) = self.rules.as_mut() {
+            rules
+                .scoped
+                .insert(collection.to_string(), scope.to_string());
+        }
+        self
+    }
+
+    /// Every collection not in `named` (resolved at each read), in full.
+    pub fn others(mut self, named: BTreeSet<String>) -> RowFilter {
+        if let Some(rules) = self.rules.as_mut() {
+            rules.others_except = Some(named);
+        }
+        self
+    }
+
+    /// Whether an entry belongs to the filter: the same rule as the reads, for live records.
+    pub fn allows(&self, collection: &str, scope: &str, op: Op) -> bool {
+        let Some(rules) = &self.rules else {
+            return true;
+        };
+        if let Some(wanted) = rules.scoped.get(collection) {
+            return op == Op::Truncate || wanted == scope;
+        }
+        rules.full.contains(collection)
+            || rules
+                .others_except
+                .as_ref()
+                .is_some_and(|named| !named.contains(collection))
+    }
+}
 
 /// One log entry as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,42 +165,34 @@ impl LogReader {
     pub fn page(
         &self,
         from: &ReadFrom,
-        collections: Option<&[String]>,
+        filter: &RowFilter,
         limit: usize,
+    ) -> Result<Page, LogError> {
+        self.page_within(from, filter, limit, usize::MAX)
+    }
+
+    /// Like [`LogReader::page`], but the page also ends once its records reach `max_bytes`
+    /// (it holds at least one entry), so that a page's memory is bounded whatever the rows'
+    /// size.
+    pub fn page_within(
+        &self,
+        from: &ReadFrom,
+        filter: &RowFilter,
+        limit: usize,
+        max_bytes: usize,
     ) -> Result<Page, LogError> {
         let limit = limit.max(1);
         // One read transaction: the entries, head and purge mark come from the same snapshot.
         let snapshot = self.conn.unchecked_transaction()?;
         let head_seq = meta_u64(&self.conn, "head_seq")?;
         let purged_seq = meta_u64(&self.conn, "purged_seq")?;
-        let filter = collection_filter(collections, 3);
-        let (condition, start): (&str, rusqlite::types::Value) = match from {
-            ReadFrom::Seq(after) => ("seq > ?1", (*after as i64).into()),
-            ReadFrom::CommitTime(time) => ("commit_time > ?1", time.clone().into()),
-        };
-        let sql = format!(
-            "SELECT seq, txn, record FROM entries WHERE {condition}{filter} ORDER BY seq LIMIT ?2"
-        );
-        let mut values: Vec<rusqlite::types::Value> = vec![start, ((limit + 1) as i64).into()];
-        values.extend(
-            collections
-                .unwrap_or_default()
-                .iter()
-                .map(|c| c.clone().into()),
-        );
-        let mut entries = {
-            let mut stmt = self.conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params_from_iter(values), read_entry)?;
-            rows.collect::<Result<Vec<_>, _>>()?
-        };
+        let (mut entries, next) = self.select(from, filter, limit, max_bytes)?;
         let mut has_more = false;
-        if entries.len() > limit {
+        if let Some(next) = next {
             has_more = true;
-            let next_txn = entries[limit].txn;
-            entries.truncate(limit);
             let split = entries
                 .iter()
-                .rposition(|e| e.txn != next_txn)
+                .rposition(|e| e.txn != next.txn)
                 .map_or(0, |i| i + 1);
             if split > 0 {
                 entries.truncate(split);
@@ -129,7 +201,10 @@ impl LogReader {
         if !has_more {
             if let (ReadFrom::CommitTime(_), Some(last)) = (from, entries.last()) {
                 // The next page is read by cursor: say whether it has anything.
-                has_more = self.any_after(last.seq, collections)?;
+                has_more = !self
+                    .select(&ReadFrom::Seq(last.seq), filter, 1, usize::MAX)?
+                    .0
+                    .is_empty();
             }
         }
         snapshot.finish()?;
@@ -141,21 +216,109 @@ impl LogReader {
         })
     }
 
-    fn any_after(&self, seq: u64, collections: Option<&[String]>) -> Result<bool, LogError> {
-        let filter = collection_filter(collections, 2);
-        let sql = format!("SELECT EXISTS (SELECT 1 FROM entries WHERE seq > ?1{filter})");
-        let mut values: Vec<rusqlite::types::Value> = vec![(seq as i64).into()];
-        values.extend(
-            collections
-                .unwrap_or_default()
-                .iter()
-                .map(|c| c.clone().into()),
+    /// Up to `limit` entries matching `from` and `filter`, in log order, ending early once
+    /// their records reach `max_bytes`; and the entry after them, if any. A restricted filter
+    /// is one indexed range read per collection (and scope), merged: a scoped reader never
+    /// scans the other scopes' entries.
+    fn select(
+        &self,
+        from: &ReadFrom,
+        filter: &RowFilter,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<ReadEntry>, Option<ReadEntry>), LogError> {
+        let Some((sql, values)) = self.select_query(from, filter, limit.saturating_add(1))? else {
+            return Ok((Vec::new(), None));
+        };
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params_from_iter(values), read_entry)?;
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        for row in rows {
+            let entry = row?;
+            if entries.len() >= limit || bytes >= max_bytes {
+                return Ok((entries, Some(entry)));
+            }
+            bytes = bytes.saturating_add(entry.record.len());
+            entries.push(entry);
+        }
+        Ok((entries, None))
+    }
+
+    /// SQLite's plan for a read (tests check that scoped reads use the indexes).
+    #[cfg(test)]
+    pub(crate) fn plan(&self, from: &ReadFrom, filter: &RowFilter) -> Result<String, LogError> {
+        let Some((sql, values)) = self.select_query(from, filter, 10)? else {
+            return Ok(String::new());
+        };
+        let mut stmt = self.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        let rows = stmt.query_map(params_from_iter(values), |row| row.get::<_, String>(3))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?.join("\n"))
+    }
+
+    /// The SQL and parameters of [`LogReader::select`]; `None` when nothing can match.
+    fn select_query(
+        &self,
+        from: &ReadFrom,
+        filter: &RowFilter,
+        limit: usize,
+    ) -> Result<Option<(String, Vec<SqlValue>)>, LogError> {
+        let (condition, start): (&str, SqlValue) = match from {
+            ReadFrom::Seq(after) => ("seq > ?", (*after as i64).into()),
+            ReadFrom::CommitTime(time) => ("commit_time > ?", time.clone().into()),
+        };
+        let limit_value = SqlValue::from(limit as i64);
+        let Some(rules) = &filter.rules else {
+            let sql = format!(
+                "SELECT seq, txn, record FROM entries WHERE {condition} ORDER BY seq LIMIT ?"
+            );
+            return Ok(Some((sql, vec![start, limit_value])));
+        };
+        let mut full = rules.full.clone();
+        if let Some(named) = &rules.others_except {
+            full.extend(
+                self.collections()?
+                    .into_iter()
+                    .filter(|c| !named.contains(c)),
+            );
+        }
+        let mut arms = Vec::new();
+        let mut values = Vec::new();
+        let mut arm = |index: &str, extra: &str, bound: Vec<SqlValue>| {
+            arms.push(format!(
+                "SELECT * FROM (SELECT seq, txn, record FROM entries{index} WHERE collection = ?{extra} AND {condition} ORDER BY seq LIMIT ?)"
+            ));
+            values.extend(bound);
+            values.push(start.clone());
+            values.push(limit_value.clone());
+        };
+        for collection in full.iter().filter(|c| !rules.scoped.contains_key(*c)) {
+            arm("", "", vec![collection.clone().into()]);
+        }
+        for (collection, scope) in &rules.scoped {
+            arm(
+                "",
+                " AND scope = ?",
+                vec![collection.clone().into(), scope.clone().into()],
+            );
+            // The collection's truncate (key '') concerns every scope. Left to itself SQLite
+            // walks (collection, seq) and tests every entry's key, a scan of the collection
+            // per page; the (collection, key) prefix finds the few truncates directly.
+            arm(
+                " INDEXED BY entries_by_scoped_key",
+                " AND key = ''",
+                vec![collection.clone().into()],
+            );
+        }
+        if arms.is_empty() {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT seq, txn, record FROM ({}) ORDER BY seq LIMIT ?",
+            arms.join(" UNION ALL ")
         );
-        let found: bool = self
-            .conn
-            .prepare_cached(&sql)?
-            .query_row(params_from_iter(values), |row| row.get(0))?;
-        Ok(found)
+        values.push(limit_value);
+        Ok(Some((sql, values)))
     }
 
     /// The seq below which tombstones may have been purged (0 when never).
@@ -216,6 +379,15 @@ impl LogReader {
         Ok(out)
     }
 
+    /// Whether `source` has any entry in the log.
+    pub fn has_entries_of(&self, source: &str) -> Result<bool, LogError> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM entries WHERE source = ?1)",
+            [source],
+            |row| row.get(0),
+        )?)
+    }
+
     /// Number of entries in the log.
     pub fn entry_count(&self) -> Result<u64, LogError> {
         let n: i64 = self
@@ -237,17 +409,4 @@ fn meta_u64(conn: &Connection, name: &str) -> Result<u64, LogError> {
     Ok(store::get_meta(conn, name)?
         .and_then(|t| t.parse().ok())
         .unwrap_or(0))
-}
-
-/// ` AND collection IN (?n, …)` for the given names, numbering placeholders from `first`.
-fn collection_filter(collections: Option<&[String]>, first: usize) -> String {
-    match collections {
-        None => String::new(),
-        Some(names) => {
-            let marks: Vec<String> = (0..names.len())
-                .map(|i| format!("?{}", first + i))
-                .collect();
-            format!(" AND collection IN ({})", marks.join(", "))
-        }
-    }
 }

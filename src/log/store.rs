@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 
--- One row per (collection, key): the latest change of that key. seq orders the log and is the
+-- One row per (collection, key, scope) (scope: see scope.rs): the latest change of that key. seq orders the log and is the
 -- cursor's second half; txn groups the entries of one upstream transaction (the seq of its
 -- first entry) so that pages never split a transaction.
 CREATE TABLE IF NOT EXISTS entries (
@@ -23,7 +23,6 @@ CREATE TABLE IF NOT EXISTS entries (
     commit_time TEXT NOT NULL,
     record      TEXT NOT NULL           -- the record as served, JSON
 );
-CREATE UNIQUE INDEX IF NOT EXISTS entries_by_key ON entries (collection, key);
 CREATE INDEX IF NOT EXISTS entries_tombstones ON entries (seq) WHERE op IN ('delete', 'truncate');
 
 -- Each source's position: where to resume so that nothing is skipped or repeated.
@@ -38,6 +37,45 @@ pub fn log_path(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
 }
 
+/// Columns added after the first release, with how to fill them in an older log.
+const MIGRATIONS: &[(&str, &str, &str)] = &[
+    (
+        "source",
+        "ALTER TABLE entries ADD COLUMN source TEXT NOT NULL DEFAULT ''",
+        "UPDATE entries SET source = coalesce(json_extract(record, '$.source'), '')",
+    ),
+    // Row scopes (see `scope.rs`): filled by `scope::reconcile` from the configured columns.
+    (
+        "scope",
+        "ALTER TABLE entries ADD COLUMN scope TEXT NOT NULL DEFAULT ''",
+        "DELETE FROM meta WHERE name = 'scope_columns'",
+    ),
+];
+
+/// Brings an older log file up to the current schema (idempotent).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (column, add, fill) in MIGRATIONS {
+        let present: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('entries') WHERE name = ?1)",
+            [column],
+            |row| row.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(&format!("BEGIN; {add}; {fill}; COMMIT;"))?;
+        }
+    }
+    // No index on `source`: only a source reset reads by it, and that is rare enough to scan.
+    // Compaction by (collection, key, scope) instead of (collection, key); indexes for scoped
+    // and per-collection reads.
+    conn.execute_batch(
+        "DROP INDEX IF EXISTS entries_by_source;
+         DROP INDEX IF EXISTS entries_by_key;
+         CREATE UNIQUE INDEX IF NOT EXISTS entries_by_scoped_key ON entries (collection, key, scope);
+         CREATE INDEX IF NOT EXISTS entries_by_scope ON entries (collection, scope, seq);
+         CREATE INDEX IF NOT EXISTS entries_by_collection ON entries (collection, seq);",
+    )
+}
+
 /// Opens (creating if needed) the log for writing. WAL mode lets readers work beside the one
 /// writer; `synchronous = FULL` makes a commit durable before we acknowledge upstream.
 pub fn open_for_writing(dir: &Path) -> rusqlite::Result<Connection> {
@@ -48,6 +86,7 @@ pub fn open_for_writing(dir: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "cache_size", -32_000)?; // KiB: bounded page cache
     conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
     conn.execute_batch(SCHEMA)?;
+    migrate(&conn)?;
     Ok(conn)
 }
 

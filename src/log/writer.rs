@@ -3,10 +3,11 @@
 //! own thread.
 
 use super::cursor::Cursor;
+use super::scope::{self, ScopeColumns};
 use super::store;
 use super::LogError;
 use crate::record::{key_text, Change, ChangeRecord, Op, Row, TxInfo, TxMeta};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +23,9 @@ pub struct StoredRecord {
     pub txn: u64,
     pub collection: String,
     pub op: Op,
+    /// The entry's scope value (`''` when unscoped): live subscribers filter on it exactly as
+    /// scoped reads of the log do.
+    pub scope: String,
     pub json: Arc<str>,
 }
 
@@ -32,6 +36,9 @@ pub struct Committed {
     pub last_seq: u64,
     /// The surviving records in seq order, or `None` when the commit was too large to hold.
     pub records: Option<Vec<Arc<StoredRecord>>>,
+    /// Cursors below this seq are expired (purged tombstones or a reset source): a subscriber
+    /// positioned below it can no longer be served a complete history and must start over.
+    pub purged_seq: u64,
 }
 
 pub struct LogWriter {
@@ -39,24 +46,33 @@ pub struct LogWriter {
     epoch: u32,
     /// The last seq of the committed log.
     committed_seq: u64,
+    purged_seq: u64,
     open: Option<OpenTxn>,
+    /// Collection → scope column, from the config.
+    scopes: ScopeColumns,
 }
 
 struct OpenTxn {
     next_seq: u64,
     last_tx: Option<(Arc<TxMeta>, u64)>,
     broadcast: Option<Vec<Option<Arc<StoredRecord>>>>,
-    /// Where each (collection, key) sits in `broadcast`, to drop superseded versions.
-    broadcast_index: HashMap<(String, String), usize>,
+    /// Where each (collection, key, scope) sits in `broadcast`, to drop superseded versions.
+    broadcast_index: HashMap<(String, String, String), usize>,
 }
 
 impl LogWriter {
     pub fn open(dir: &Path) -> Result<LogWriter, LogError> {
+        LogWriter::open_scoped(dir, ScopeColumns::new())
+    }
+
+    /// Opens the log with the configured scope columns; recomputes stored scopes if they changed.
+    pub fn open_scoped(dir: &Path, scopes: ScopeColumns) -> Result<LogWriter, LogError> {
         std::fs::create_dir_all(dir).map_err(|source| LogError::Dir {
             dir: dir.to_path_buf(),
             source,
         })?;
         let conn = store::open_for_writing(dir)?;
+        scope::reconcile(&conn, &scopes)?;
         let epoch = match store::get_meta(&conn, "epoch")? {
             Some(text) => text
                 .parse()
@@ -73,11 +89,16 @@ impl LogWriter {
             })?,
             None => 0,
         };
+        let purged_seq = store::get_meta(&conn, "purged_seq")?
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(0);
         Ok(LogWriter {
             conn,
             epoch,
             committed_seq,
+            purged_seq,
             open: None,
+            scopes,
         })
     }
 
@@ -87,6 +108,10 @@ impl LogWriter {
 
     pub fn head_seq(&self) -> u64 {
         self.committed_seq
+    }
+
+    pub fn purged_seq(&self) -> u64 {
+        self.purged_seq
     }
 
     pub fn position(&self, source: &str) -> Result<Option<String>, LogError> {
@@ -129,6 +154,7 @@ impl LogWriter {
                     collection,
                     op,
                     key: None,
+                    scope: String::new(),
                     after: None,
                     before: None,
                     changed: None,
@@ -140,81 +166,217 @@ impl LogWriter {
             LogError::Invalid(format!("a {} in {collection} carries no key", op.as_str()))
         })?;
         let old_key = old_key.filter(|old| *old != key);
+        let column = self.scopes.get(&collection).cloned();
+        // The row's current version in the log (under its old key if the key changed).
+        let previous_key = old_key.as_ref().unwrap_or(&key);
+        let previous = if column.is_some() || !unchanged.is_empty() {
+            self.live_entry(&collection, previous_key)?
+        } else {
+            None
+        };
         if !unchanged.is_empty() {
-            let previous_key = old_key.as_ref().unwrap_or(&key);
-            self.fill_unchanged(&collection, previous_key, &mut after, &mut unchanged)?;
+            fill_unchanged(previous.as_ref(), &mut after, &mut unchanged)?;
         }
-        match old_key {
-            Some(old_key) => {
-                // A key change: the old key is gone, the new key is new.
-                self.write(
-                    tx,
-                    Entry {
-                        collection: collection.clone(),
-                        op: Op::Delete,
-                        key: Some(old_key),
-                        after: None,
-                        before,
-                        changed: None,
-                        unchanged: vec![],
-                    },
-                )?;
-                self.write(
-                    tx,
-                    Entry {
-                        collection,
-                        op: Op::Insert,
-                        key: Some(key),
-                        after,
-                        before: None,
-                        changed: None,
-                        unchanged,
-                    },
-                )
+        let previous_scope = previous.map(|p| p.scope);
+        let scope_of = |row: Option<&Row>| column.as_deref().and_then(|c| scope::row_scope(row, c));
+        let tombstone = |key: Row, scope: String, before: Option<Row>| Entry {
+            collection: collection.clone(),
+            op: Op::Delete,
+            key: Some(key),
+            scope,
+            after: None,
+            before,
+            changed: None,
+            unchanged: vec![],
+        };
+        if op == Op::Delete {
+            // Deliver the delete where the row was: its previous version decides, then the old
+            // image (REPLICA IDENTITY FULL), else nowhere in particular.
+            let scope = previous_scope
+                .or_else(|| scope_of(before.as_ref()))
+                .unwrap_or_default();
+            return self.write(tx, tombstone(key, scope, before));
+        }
+        let scope = scope_of(after.as_ref())
+            .or_else(|| previous_scope.clone())
+            .unwrap_or_default();
+        let mut moved = false;
+        if let Some(old_key) = old_key {
+            // A key change: the old key is gone (where it was), the new key is new.
+            let old_scope = previous_scope.unwrap_or_else(|| scope.clone());
+            self.write(tx, tombstone(old_key, old_scope, before.clone()))?;
+            moved = true;
+            if column.is_some() {
+                if let Some(stale) = self.live_entry(&collection, &key)? {
+                    if stale.scope != scope {
+                        self.write(tx, tombstone(key.clone(), stale.scope, None))?;
+                    }
+                }
             }
-            None => self.write(
-                tx,
-                Entry {
-                    collection,
-                    op,
-                    key: Some(key),
-                    after,
-                    before,
-                    changed,
-                    unchanged,
-                },
-            ),
+        } else if let Some(old_scope) = previous_scope.filter(|s| *s != scope) {
+            // The row left its scope: a delete there first, then an insert in the new one.
+            self.write(tx, tombstone(key.clone(), old_scope, None))?;
+            moved = true;
+        }
+        let entry = if moved {
+            Entry {
+                collection,
+                op: Op::Insert,
+                key: Some(key),
+                scope,
+                after,
+                before: None,
+                changed: None,
+                unchanged,
+            }
+        } else {
+            Entry {
+                collection,
+                op,
+                key: Some(key),
+                scope,
+                after,
+                before,
+                changed,
+                unchanged,
+            }
+        };
+        self.write(tx, entry)
+    }
+
+    /// Appends a row read by an initial copy, unless the stream has written that key since the
+    /// copy began (an entry with `seq > floor`): the stream's version is at least as new, and
+    /// the stream delivers every later change of the key itself. Returns whether it was written.
+    pub fn append_copied(
+        &mut self,
+        tx: &Arc<TxMeta>,
+        change: Change,
+        floor: u64,
+    ) -> Result<bool, LogError> {
+        self.ensure_open()?;
+        let key = change.key.as_ref().map(key_text).ok_or_else(|| {
+            LogError::Invalid(format!(
+                "a copied row of {} carries no key",
+                change.collection
+            ))
+        })?;
+        // Equality on (collection, key) only, so that SQLite seeks the key's index entries
+        // rather than scanning the collection by seq (which made copies quadratic).
+        let mut newer = false;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq FROM entries WHERE collection = ?1 AND key = ?2")?;
+        let mut rows = stmt.query(params![change.collection, key])?;
+        while let Some(row) = rows.next()? {
+            newer |= row.get::<_, i64>(0)? as u64 > floor;
+        }
+        drop(rows);
+        drop(stmt);
+        if newer {
+            return Ok(false);
+        }
+        self.append(tx, change)?;
+        Ok(true)
+    }
+
+    /// Removes every entry of `collection` (a table no longer synced), without tombstones.
+    pub fn remove_collection(&mut self, collection: &str) -> Result<usize, LogError> {
+        self.ensure_open()?;
+        let removed = self
+            .conn
+            .prepare_cached("DELETE FROM entries WHERE collection = ?1")?
+            .execute([collection])?;
+        Ok(removed)
+    }
+
+    /// Forgets everything `source` wrote and where it was (its position and any `source#…`
+    /// progress), and expires every cursor issued so far. Used when the source's history is
+    /// lost upstream and the source starts over with a fresh copy. Returns the new purge mark.
+    pub fn reset_source(&mut self, source: &str) -> Result<u64, LogError> {
+        self.rollback();
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| {
+            self.conn
+                .execute("DELETE FROM entries WHERE source = ?1", [source])?;
+            self.conn.execute(
+                "DELETE FROM positions WHERE source = ?1 OR substr(source, 1, length(?1) + 1) = ?1 || '#'",
+                [source],
+            )?;
+            let mark = self.committed_seq + 1;
+            store::set_meta(&self.conn, "purged_seq", &mark.to_string())?;
+            self.conn.execute_batch("COMMIT")?;
+            Ok(mark)
+        })();
+        match result {
+            Ok(mark) => {
+                self.purged_seq = mark;
+                Ok(mark)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
         }
     }
 
-    /// Fills columns the source did not send from the key's previous entry in the log.
-    fn fill_unchanged(
-        &mut self,
-        collection: &str,
-        key: &Row,
-        after: &mut Option<Row>,
-        unchanged: &mut Vec<String>,
-    ) -> Result<(), LogError> {
-        let previous: Option<String> = self
-            .conn
-            .prepare_cached("SELECT record FROM entries WHERE collection = ?1 AND key = ?2")?
-            .query_row(params![collection, key_text(key)], |row| row.get(0))
-            .optional()?;
-        let Some(previous) = previous else {
-            return Ok(());
-        };
-        let previous: ChangeRecord = serde_json::from_str(&previous)?;
-        let (Some(previous_after), Some(after)) = (previous.after, after.as_mut()) else {
-            return Ok(());
-        };
-        unchanged.retain(|column| match previous_after.get(column) {
-            Some(value) => {
-                after.insert(column.clone(), value.clone());
-                false
+    /// Drops delete and truncate tombstones committed upstream before `before` (RFC 3339, the
+    /// stored form) and raises the purge mark to the newest one dropped. Returns how many.
+    pub fn purge_tombstones(&mut self, before: &str) -> Result<usize, LogError> {
+        self.rollback();
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| {
+            let newest: Option<i64> = self.conn.query_row(
+                "SELECT max(seq) FROM entries WHERE op IN ('delete', 'truncate') AND commit_time < ?1",
+                [before],
+                |row| row.get(0),
+            )?;
+            let Some(newest) = newest else {
+                self.conn.execute_batch("ROLLBACK")?;
+                return Ok((0, self.purged_seq));
+            };
+            let removed = self.conn.execute(
+                "DELETE FROM entries WHERE op IN ('delete', 'truncate') AND seq <= ?1 AND commit_time < ?2",
+                params![newest, before],
+            )?;
+            let mark = self.purged_seq.max(newest as u64);
+            store::set_meta(&self.conn, "purged_seq", &mark.to_string())?;
+            self.conn.execute_batch("COMMIT")?;
+            Ok((removed, mark))
+        })();
+        match result {
+            Ok((removed, mark)) => {
+                self.purged_seq = mark;
+                Ok(removed)
             }
-            None => true,
-        });
-        Ok(())
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// The key's live (not deleted) entry, if any. There is at most one: a row that changes
+    /// scope leaves a tombstone in the old one.
+    fn live_entry(&mut self, collection: &str, key: &Row) -> Result<Option<LiveEntry>, LogError> {
+        // Equality on (collection, key) only, so that SQLite seeks the key's few index entries
+        // (one per scope it has been in) instead of walking the collection by seq.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, scope, record FROM entries WHERE collection = ?1 AND key = ?2
+             AND op NOT IN ('delete', 'truncate')",
+        )?;
+        let mut rows = stmt.query(params![collection, key_text(key)])?;
+        let mut live: Option<(i64, LiveEntry)> = None;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            if live.as_ref().map_or(true, |(newest, _)| seq > *newest) {
+                let entry = LiveEntry {
+                    scope: row.get(1)?,
+                    record: row.get(2)?,
+                };
+                live = Some((seq, entry));
+            }
+        }
+        Ok(live.map(|(_, entry)| entry))
     }
 
     fn write(&mut self, tx: &Arc<TxMeta>, entry: Entry) -> Result<(), LogError> {
@@ -255,8 +417,8 @@ impl LogWriter {
         let json: Arc<str> = serde_json::to_string(&record)?.into();
         self.conn
             .prepare_cached(
-                "INSERT OR REPLACE INTO entries (seq, txn, collection, key, op, commit_time, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR REPLACE INTO entries (seq, txn, collection, key, op, commit_time, record, source, scope)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 seq as i64,
@@ -265,7 +427,9 @@ impl LogWriter {
                 key,
                 record.op.as_str(),
                 record.commit_time,
-                &*json
+                &*json,
+                record.source,
+                entry.scope,
             ])?;
         open.remember_for_broadcast(
             StoredRecord {
@@ -273,6 +437,7 @@ impl LogWriter {
                 txn,
                 collection: record.collection,
                 op: record.op,
+                scope: entry.scope,
                 json,
             },
             key,
@@ -313,6 +478,7 @@ impl LogWriter {
             records: open
                 .and_then(|o| o.broadcast)
                 .map(|list| list.into_iter().flatten().collect()),
+            purged_seq: self.purged_seq,
         };
         self.committed_seq = last_seq;
         Ok(committed)
@@ -348,9 +514,9 @@ impl OpenTxn {
                 }
             }
             self.broadcast_index
-                .retain(|(collection, _), _| *collection != record.collection);
+                .retain(|(collection, _, _), _| *collection != record.collection);
         }
-        let index_key = (record.collection.clone(), key);
+        let index_key = (record.collection.clone(), key, record.scope.clone());
         if let Some(previous) = self.broadcast_index.insert(index_key, list.len()) {
             list[previous] = None;
         }
@@ -358,10 +524,39 @@ impl OpenTxn {
     }
 }
 
+struct LiveEntry {
+    scope: String,
+    record: String,
+}
+
+/// Fills columns the source did not send from the key's previous entry in the log.
+fn fill_unchanged(
+    previous: Option<&LiveEntry>,
+    after: &mut Option<Row>,
+    unchanged: &mut Vec<String>,
+) -> Result<(), LogError> {
+    let Some(previous) = previous else {
+        return Ok(());
+    };
+    let previous: ChangeRecord = serde_json::from_str(&previous.record)?;
+    let (Some(previous_after), Some(after)) = (previous.after, after.as_mut()) else {
+        return Ok(());
+    };
+    unchanged.retain(|column| match previous_after.get(column) {
+        Some(value) => {
+            after.insert(column.clone(), value.clone());
+            false
+        }
+        None => true,
+    });
+    Ok(())
+}
+
 struct Entry {
     collection: String,
     op: Op,
     key: Option<Row>,
+    scope: String,
     after: Option<Row>,
     before: Option<Row>,
     changed: Option<Vec<String>>,

@@ -2,6 +2,7 @@
 //! backoff, and reports its state through a [`SourceStatus`].
 
 pub mod backoff;
+pub mod mongo;
 pub mod postgres;
 
 use serde::Serialize;
@@ -21,4 +22,57 @@ pub struct SourceStatus {
     pub slot: Option<String>,
     pub last_error: Option<String>,
     pub reconnects: u64,
+    /// The copy of rows that existed before streaming began (first start, added tables).
+    pub initial_copy: CopyProgress,
+}
+
+/// Where a source's initial copy stands; `/readyz` waits for `state == Done`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CopyProgress {
+    pub state: CopyState,
+    pub tables_total: usize,
+    pub tables_done: usize,
+    /// The table being copied now.
+    pub current: Option<String>,
+    pub rows_copied: u64,
+    /// The server's estimate of the rows to copy in all (Postgres: `pg_class.reltuples`).
+    pub rows_estimated: Option<u64>,
+    pub rows_per_second: Option<f64>,
+    pub eta_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyState {
+    /// Not known yet (the source has not connected since start).
+    #[default]
+    Pending,
+    Copying,
+    Done,
+}
+
+impl SourceStatus {
+    /// Why this source is not ready to serve complete data, if it is not.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if !self.connected {
+            return Some(match &self.last_error {
+                Some(e) => format!("source {} is not connected: {e}", self.name),
+                None => format!("source {} is not connected yet", self.name),
+            });
+        }
+        match self.initial_copy.state {
+            CopyState::Done => None,
+            CopyState::Pending => Some(format!(
+                "source {} has not started its initial copy yet",
+                self.name
+            )),
+            CopyState::Copying => Some(format!(
+                "source {} is copying existing rows ({} of {} tables, {} rows so far)",
+                self.name,
+                self.initial_copy.tables_done,
+                self.initial_copy.tables_total,
+                self.initial_copy.rows_copied
+            )),
+        }
+    }
 }

@@ -17,7 +17,15 @@ pub enum CatalogError {
 
 /// Connects an ordinary (non-replication) session; the connection task runs in the background.
 pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    connect_tls(config, &super::tls::PgTls::from_config(config)).await
+}
+
+/// [`connect`] with TLS as `tls` says.
+pub async fn connect_tls(
+    config: &tokio_postgres::Config,
+    tls: &super::tls::PgTls,
+) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(tls.make_connect()).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "catalog connection ended");
@@ -41,41 +49,67 @@ pub async fn check_wal_level(client: &Client) -> Result<(), CatalogError> {
 /// Every configured table must exist and have a row identity we can key on.
 pub async fn check_tables(client: &Client, tables: &[String]) -> Result<(), CatalogError> {
     for table in tables {
-        let Some((schema, name)) = split_table_name(table) else {
+        if let Some(problem) = table_key_problem(client, table).await? {
             return Err(CatalogError::Unusable(format!(
-                "table {table:?} is not schema.table"
-            )));
-        };
-        let row = client
-            .query_opt(
-                "SELECT c.relreplident::text,
-                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
-                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-                &[&schema, &name],
-            )
-            .await?;
-        let Some(row) = row else {
-            return Err(CatalogError::Unusable(format!(
-                "table {table} does not exist (or is not a table): check the tables list of this source"
-            )));
-        };
-        let identity: String = row.get(0);
-        let has_pk: bool = row.get(1);
-        let usable = match identity.as_str() {
-            "f" | "i" => true,
-            "d" => has_pk,
-            _ => false,
-        };
-        if !usable {
-            return Err(CatalogError::Unusable(format!(
-                "table {table} has no primary key and REPLICA IDENTITY {}, so its rows cannot be told apart: \
-                 add a primary key, or run ALTER TABLE {table} REPLICA IDENTITY FULL (or USING INDEX <unique index>)",
-                if identity == "n" { "NOTHING" } else { "DEFAULT" }
+                "{}: {}",
+                problem.detail, problem.fix
             )));
         }
     }
     Ok(())
+}
+
+/// Why a table cannot be synced, and what to do about it.
+#[derive(Debug, Clone)]
+pub struct TableProblem {
+    pub detail: String,
+    pub fix: String,
+}
+
+/// `None` when `table` exists and has a row identity we can key on.
+pub async fn table_key_problem(
+    client: &Client,
+    table: &str,
+) -> Result<Option<TableProblem>, CatalogError> {
+    let Some((schema, name)) = split_table_name(table) else {
+        return Ok(Some(TableProblem {
+            detail: format!("table {table:?} is not schema.table"),
+            fix: format!("write it as \"public.{table}\""),
+        }));
+    };
+    let row = client
+        .query_opt(
+            "SELECT c.relreplident::text,
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&schema, &name],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(Some(TableProblem {
+            detail: format!("table {table} does not exist (or is not a table)"),
+            fix: "check the tables list of this source".into(),
+        }));
+    };
+    let identity: String = row.get(0);
+    let has_pk: bool = row.get(1);
+    let usable = match identity.as_str() {
+        "f" | "i" => true,
+        "d" => has_pk,
+        _ => false,
+    };
+    Ok((!usable).then(|| TableProblem {
+        detail: format!(
+            "table {table} has no primary key and REPLICA IDENTITY {}, so its rows cannot be told apart \
+             (and Postgres rejects its UPDATEs and DELETEs once it is published)",
+            if identity == "n" { "NOTHING" } else { "DEFAULT" }
+        ),
+        fix: format!(
+            "add a primary key, or run ALTER TABLE {} REPLICA IDENTITY FULL (or USING INDEX <unique index>)",
+            quote_table(table)
+        ),
+    }))
 }
 
 /// Creates the publication if missing, and adds configured tables it lacks.
@@ -147,6 +181,70 @@ pub async fn ensure_publication(
     Ok(())
 }
 
+/// Every table a `FOR ALL TABLES` publication publishes that has a usable row identity; the
+/// others are skipped with a warning, as the stream skips them.
+pub async fn published_tables_with_keys(
+    client: &Client,
+    publication: &str,
+) -> Result<Vec<String>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT pt.schemaname || '.' || pt.tablename, c.relreplident::text,
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+               FROM pg_publication_tables pt
+               JOIN pg_namespace n ON n.nspname = pt.schemaname
+               JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+              WHERE pt.pubname = $1
+              ORDER BY 1",
+            &[&publication],
+        )
+        .await?;
+    let mut tables = Vec::with_capacity(rows.len());
+    for row in rows {
+        let table: String = row.get(0);
+        let identity: String = row.get(1);
+        let has_pk: bool = row.get(2);
+        match identity.as_str() {
+            "f" | "i" => tables.push(table),
+            "d" if has_pk => tables.push(table),
+            _ => {
+                tracing::warn!(%table, "skipping a table without a primary key or replica identity: add a primary key or set REPLICA IDENTITY FULL to sync it")
+            }
+        }
+    }
+    Ok(tables)
+}
+
+/// Takes a table that is no longer configured out of the publication (if it is in it).
+pub async fn remove_from_publication(
+    client: &Client,
+    publication: &str,
+    table: &str,
+) -> Result<(), CatalogError> {
+    let Some((schema, name)) = split_table_name(table) else {
+        return Ok(());
+    };
+    let published: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_tables
+                             WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)",
+            &[&publication, &schema, &name],
+        )
+        .await?
+        .get(0);
+    if published {
+        tracing::info!(publication, table, "removing table from publication");
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} DROP TABLE {}",
+                quote_ident(publication),
+                quote_table(table)
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub struct SlotState {
     pub confirmed_flush: Option<Lsn>,
@@ -171,14 +269,41 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
 
 /// Primary-key column names of a table, in key order (empty without a primary key).
 pub async fn primary_key(client: &Client, relation_id: u32) -> Result<Vec<String>, CatalogError> {
+    index_columns(client, relation_id, IndexKind::Primary).await
+}
+
+/// The columns of the index chosen by `REPLICA IDENTITY USING INDEX`, in index order.
+pub async fn replica_identity_index(
+    client: &Client,
+    relation_id: u32,
+) -> Result<Vec<String>, CatalogError> {
+    index_columns(client, relation_id, IndexKind::ReplicaIdentity).await
+}
+
+enum IndexKind {
+    Primary,
+    ReplicaIdentity,
+}
+
+async fn index_columns(
+    client: &Client,
+    relation_id: u32,
+    kind: IndexKind,
+) -> Result<Vec<String>, CatalogError> {
+    let flag = match kind {
+        IndexKind::Primary => "i.indisprimary",
+        IndexKind::ReplicaIdentity => "i.indisreplident",
+    };
     let rows = client
         .query(
-            "SELECT a.attname::text
-               FROM pg_index i
-               CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-              WHERE i.indrelid = $1 AND i.indisprimary
-              ORDER BY k.ord",
+            &format!(
+                "SELECT a.attname::text
+                   FROM pg_index i
+                   CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                  WHERE i.indrelid = $1 AND {flag}
+                  ORDER BY k.ord"
+            ),
             &[&relation_id],
         )
         .await?;
@@ -253,4 +378,44 @@ pub fn quote_table(table: &str) -> String {
 
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Drops the replication slot so Postgres stops holding WAL for it. `Ok(false)`: no such slot.
+/// Fails while a process streams from it (stop the relay first).
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<bool, CatalogError> {
+    let row = client
+        .query_opt(
+            "SELECT active, active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(false) };
+    let (active, pid): (bool, Option<i32>) = (row.get(0), row.get(1));
+    if active {
+        return Err(CatalogError::Unusable(format!(
+            "replication slot {slot} is in use by server process {}: stop the relay (systemctl stop deltarelay) first",
+            pid.map_or("?".to_string(), |p| p.to_string())
+        )));
+    }
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await?;
+    Ok(true)
+}
+
+/// Drops the publication. `Ok(false)`: no such publication.
+pub async fn drop_publication(client: &Client, publication: &str) -> Result<bool, CatalogError> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?
+        .is_some();
+    if exists {
+        client
+            .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(publication)))
+            .await?;
+    }
+    Ok(exists)
 }

@@ -8,10 +8,12 @@
 pub mod ack;
 pub mod catalog;
 pub mod changes;
+pub mod copy;
 pub mod lsn;
 pub mod pgoutput;
 pub mod replication;
 mod session;
+pub mod tls;
 pub mod values;
 
 pub use lsn::Lsn;

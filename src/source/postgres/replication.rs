@@ -23,10 +23,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tokio_postgres::fallible_iterator::FallibleIterator;
 use tracing::{debug, info, trace, warn};
 
+use super::tls::PgTls;
 use super::Lsn;
 
 pub type Result<T, E = ReplicationError> = std::result::Result<T, E>;
@@ -65,6 +66,8 @@ pub enum ReplicationError {
     Auth(String),
     #[error("invalid connection configuration: {0}")]
     Config(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("the server closed the connection")]
     Closed,
 }
@@ -141,9 +144,10 @@ pub fn pg_now_micros() -> i64 {
 // ---------------------------------------------------------------------------------------------
 // Transport
 
-/// The byte stream under the protocol. An enum so a TLS variant can be added later.
+/// The byte stream under the protocol.
 enum Socket {
     Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     #[cfg(unix)]
     Unix(UnixStream),
 }
@@ -156,6 +160,7 @@ impl AsyncRead for Socket {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
             #[cfg(unix)]
             Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
@@ -170,6 +175,7 @@ impl AsyncWrite for Socket {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
             #[cfg(unix)]
             Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
@@ -178,6 +184,7 @@ impl AsyncWrite for Socket {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
             #[cfg(unix)]
             Socket::Unix(s) => Pin::new(s).poll_flush(cx),
         }
@@ -186,6 +193,7 @@ impl AsyncWrite for Socket {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
             #[cfg(unix)]
             Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
@@ -440,10 +448,20 @@ impl ReplicationConnection {
     /// trying its hosts in order, with `replication=database` plus `params` in the startup
     /// message. Authenticates with trust, cleartext password, md5 or SCRAM-SHA-256.
     pub async fn connect(config: &tokio_postgres::Config, params: &[(&str, &str)]) -> Result<Self> {
+        Self::connect_tls(config, &PgTls::from_config(config), params).await
+    }
+
+    /// [`ReplicationConnection::connect`] with TLS as `tls` says (SSLRequest, then a rustls
+    /// handshake, on TCP connections; Unix sockets never use TLS, as with libpq).
+    pub async fn connect_tls(
+        config: &tokio_postgres::Config,
+        tls: &PgTls,
+        params: &[(&str, &str)],
+    ) -> Result<Self> {
         let targets = targets(config)?;
         let mut last_error = None;
         for target in &targets {
-            let attempt = Self::connect_one(config, target, params);
+            let attempt = Self::connect_one(config, tls, target, params);
             let result = match config.get_connect_timeout() {
                 Some(limit) => match tokio::time::timeout(*limit, attempt).await {
                     Ok(result) => result,
@@ -468,10 +486,11 @@ impl ReplicationConnection {
 
     async fn connect_one(
         config: &tokio_postgres::Config,
+        tls: &PgTls,
         target: &Target,
         params: &[(&str, &str)],
     ) -> Result<Self> {
-        let socket = target.open().await?;
+        let socket = target.open(tls).await?;
         let mut conn = ReplicationConnection {
             framed: Framed::new(socket),
         };
@@ -676,9 +695,24 @@ impl ReplicationConnection {
         slot: &str,
         export_snapshot: bool,
     ) -> Result<CreatedSlot> {
+        self.create_slot(slot, "", export_snapshot).await
+    }
+
+    /// A slot that disappears with this connection, created only for its exported snapshot:
+    /// a consistent view to copy tables from while the permanent slot keeps streaming.
+    pub async fn create_temporary_snapshot_slot(&mut self, slot: &str) -> Result<CreatedSlot> {
+        self.create_slot(slot, " TEMPORARY", true).await
+    }
+
+    async fn create_slot(
+        &mut self,
+        slot: &str,
+        temporary: &str,
+        export_snapshot: bool,
+    ) -> Result<CreatedSlot> {
         let snapshot = if export_snapshot { "export" } else { "nothing" };
         let sql = format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{snapshot}')",
+            "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput (SNAPSHOT '{snapshot}')",
             quote_ident(slot)
         );
         let result = self.simple_query(&sql).await?;
@@ -827,18 +861,17 @@ enum Target {
     Tcp {
         host: String,
         port: u16,
+        /// The name the server's certificate must carry (the host name, else the address).
+        tls_name: String,
     },
     #[cfg(unix)]
-    Unix {
-        dir: std::path::PathBuf,
-        port: u16,
-    },
+    Unix { dir: std::path::PathBuf, port: u16 },
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Target::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Target::Tcp { host, port, .. } => write!(f, "{host}:{port}"),
             #[cfg(unix)]
             Target::Unix { dir, port } => write!(f, "{}", socket_path(dir, *port).display()),
         }
@@ -851,13 +884,20 @@ fn socket_path(dir: &Path, port: u16) -> std::path::PathBuf {
 }
 
 impl Target {
-    async fn open(&self) -> Result<Socket> {
+    async fn open(&self, tls: &PgTls) -> Result<Socket> {
         match self {
-            Target::Tcp { host, port } => {
+            Target::Tcp {
+                host,
+                port,
+                tls_name,
+            } => {
                 let stream = TcpStream::connect((host.as_str(), *port)).await?;
                 // Status updates are small and latency matters more than packet count.
                 stream.set_nodelay(true)?;
-                Ok(Socket::Tcp(stream))
+                match tls.client_config() {
+                    None => Ok(Socket::Tcp(stream)),
+                    Some(client) => start_tls(stream, client, tls, tls_name).await,
+                }
             }
             #[cfg(unix)]
             Target::Unix { dir, port } => Ok(Socket::Unix(
@@ -867,14 +907,41 @@ impl Target {
     }
 }
 
+/// SSLRequest, then the TLS handshake when the server agrees. A server without TLS is an error
+/// unless the mode only prefers TLS.
+async fn start_tls(
+    mut stream: TcpStream,
+    client: std::sync::Arc<rustls::ClientConfig>,
+    tls: &PgTls,
+    name: &str,
+) -> Result<Socket> {
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    stream.write_all(&request).await?;
+    let answer = stream.read_u8().await?;
+    match answer {
+        b'S' => {
+            let name = super::tls::server_name(name).map_err(ReplicationError::Config)?;
+            let stream = tokio_rustls::TlsConnector::from(client)
+                .connect(name, stream)
+                .await
+                .map_err(|e| ReplicationError::Tls(e.to_string()))?;
+            Ok(Socket::Tls(Box::new(stream)))
+        }
+        b'N' if !tls.mode.required() => Ok(Socket::Tcp(stream)),
+        b'N' => Err(ReplicationError::Tls(format!(
+            "the server does not accept TLS connections, but sslmode is {:?}",
+            tls.mode
+        ))),
+        other => Err(ReplicationError::Protocol(format!(
+            "unexpected answer {other:#x} to SSLRequest"
+        ))),
+    }
+}
+
 /// The hosts of `config` in order, paired with their ports (like libpq: one port for all, or
 /// one per host; `hostaddr` wins over `host` for the address).
 fn targets(config: &tokio_postgres::Config) -> Result<Vec<Target>> {
-    if config.get_ssl_mode() == SslMode::Require {
-        return Err(ReplicationError::Config(
-            "sslmode=require is not supported yet by the replication connection".into(),
-        ));
-    }
     let hosts = config.get_hosts();
     let addrs = config.get_hostaddrs();
     let ports = config.get_ports();
@@ -899,13 +966,18 @@ fn targets(config: &tokio_postgres::Config) -> Result<Vec<Target>> {
     for i in 0..count {
         let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
         let target = match (addrs.get(i), hosts.get(i)) {
-            (Some(addr), _) => Target::Tcp {
+            (Some(addr), host) => Target::Tcp {
                 host: addr.to_string(),
                 port,
+                tls_name: match host {
+                    Some(Host::Tcp(name)) => name.clone(),
+                    _ => addr.to_string(),
+                },
             },
             (None, Some(Host::Tcp(host))) => Target::Tcp {
                 host: host.clone(),
                 port,
+                tls_name: host.clone(),
             },
             #[cfg(unix)]
             (None, Some(Host::Unix(dir))) => Target::Unix {

@@ -3,17 +3,19 @@
 use super::ack::AckTracker;
 use super::catalog::{self, CatalogError, TypeCache};
 use super::changes::{ShapeError, TableShape};
+use super::copy::{CopiedTables, Copier, CopyError};
 use super::pgoutput::{self, DecodeError, PgOutputMessage, Relation};
 use super::replication::{
     ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream,
 };
+use super::tls::PgTls;
 use super::Lsn;
 use crate::config::SourceConfig;
 use crate::http::telemetry;
 use crate::log::{Log, LogError, LogTxn};
 use crate::record::{Change, TxMeta};
 use crate::source::backoff::Backoff;
-use crate::source::SourceStatus;
+use crate::source::{CopyState, SourceStatus};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,10 +29,9 @@ const GROUP_MAX_CHANGES: usize = 20_000;
 const GROUP_MAX_AGE: Duration = Duration::from_millis(20);
 /// Postgres expects a standby status update at least this often (wal_sender_timeout is 60 s).
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
-/// A session that streamed this long resets the reconnect backoff.
-const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 
-/// Session parameters of the replication connection: they fix the text form of values.
+/// Session parameters of the replication and copy connections: they fix the text form of
+/// values, so that streamed and copied rows read the same.
 const SESSION_PARAMS: &[(&str, &str)] = &[
     ("client_encoding", "UTF8"),
     ("DateStyle", "ISO, MDY"),
@@ -57,20 +58,31 @@ pub enum SourceError {
     Shape(#[from] ShapeError),
     #[error("log: {0}")]
     Log(#[from] LogError),
+    #[error("initial copy: {0}")]
+    Copy(#[from] CopyError),
+    #[error("the initial copy task failed: {0}")]
+    CopyTask(String),
     #[error("unexpected replication message: {0}")]
     Protocol(String),
     #[error("the server ended the replication stream")]
     StreamEnded,
     #[error(
-        "replication slot {slot} is {state}, but the log holds position {position} for this source: \
-         the changes in between are no longer available upstream. Stop the relay, move the log \
-         directory away and start again to rebuild the log from scratch"
+        "no answer from Postgres within {after:?} while {what}: the connection looks dead \
+         (dropped by the network?); reconnecting (see replication_timeout)"
     )]
-    SlotLost {
-        slot: String,
-        state: &'static str,
-        position: String,
-    },
+    Timeout { what: &'static str, after: Duration },
+}
+
+/// Bounds one network step: a connection the network dropped silently never answers.
+async fn bounded<T, E: Into<SourceError>>(
+    limit: Duration,
+    what: &'static str,
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, SourceError> {
+    match tokio::time::timeout(limit, step).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(SourceError::Timeout { what, after: limit }),
+    }
 }
 
 impl SourceError {
@@ -79,7 +91,7 @@ impl SourceError {
         matches!(
             self,
             SourceError::Config { .. }
-                | SourceError::SlotLost { .. }
+                | SourceError::Copy(CopyError::Shape(_))
                 | SourceError::Catalog(CatalogError::Unusable(_))
         )
     }
@@ -88,12 +100,15 @@ impl SourceError {
 pub struct PostgresSource {
     name: Arc<str>,
     pg_config: tokio_postgres::Config,
+    tls: PgTls,
     slot: String,
     publication: String,
     tables: Vec<String>,
     all_tables: bool,
+    /// How long a connection may stay silent (see `SourceConfig::replication_timeout`).
+    timeout: Duration,
     log: Log,
-    status: watch::Sender<SourceStatus>,
+    status: Arc<watch::Sender<SourceStatus>>,
 }
 
 impl PostgresSource {
@@ -103,9 +118,7 @@ impl PostgresSource {
             message,
         };
         let url = config.resolve_url().map_err(config_err)?;
-        let pg_config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| config_err(format!("invalid Postgres URL: {e}")))?;
+        let (pg_config, tls) = super::tls::parse(&url).map_err(config_err)?;
         let status = SourceStatus {
             name: config.name.clone(),
             kind: "postgres",
@@ -115,16 +128,18 @@ impl PostgresSource {
         Ok(PostgresSource {
             name: config.name.as_str().into(),
             pg_config,
+            tls,
             slot: config.slot_name(),
             publication: config.publication_name(),
             all_tables: config.all_tables(),
+            timeout: config.replication_timeout,
             tables: if config.all_tables() {
                 vec![]
             } else {
                 config.tables.clone()
             },
             log,
-            status: watch::channel(status).0,
+            status: Arc::new(watch::channel(status).0),
         })
     }
 
@@ -138,39 +153,36 @@ impl PostgresSource {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
             let started = Instant::now();
+            let position = self.status.borrow().position.clone();
             let result = self.session(&mut shutdown).await;
-            self.status.send_modify(|s| s.connected = false);
-            let error = match result {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_fatal() => {
-                    tracing::error!(source = %self.name, error = %e, "source stopped");
-                    self.status
-                        .send_modify(|s| s.last_error = Some(e.to_string()));
-                    return Err(e);
-                }
-                Err(e) => e,
-            };
-            if started.elapsed() > HEALTHY_SESSION {
+            let lasted = started.elapsed();
+            // A session that moved the log forward was healthy, however short: the next
+            // outage starts from the shortest delay. (A session failing again and again at the
+            // same position still backs off.)
+            if self.status.borrow().position != position {
                 backoff.reset();
             }
-            let delay = backoff.next_delay();
-            tracing::warn!(source = %self.name, error = %error, retry_in = ?delay, "replication session failed; reconnecting");
-            self.status.send_modify(|s| {
-                s.last_error = Some(error.to_string());
-                s.reconnects += 1;
-            });
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.changed() => return Ok(()),
-            }
-            if *shutdown.borrow() {
-                return Ok(());
+            if let Some(end) = backoff
+                .after_session(
+                    result,
+                    SourceError::is_fatal,
+                    lasted,
+                    &self.status,
+                    &mut shutdown,
+                )
+                .await
+            {
+                return end;
             }
         }
     }
 
     async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SourceError> {
-        let mut session = Session::open(self).await?;
+        // Opening may run a long first copy: a stop request must not wait for it.
+        let mut session = tokio::select! {
+            opened = Session::open(self) => opened?,
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        };
         match session.stream_changes(shutdown).await {
             Ok(()) => {
                 // CopyDone, so the server sees a clean end rather than a dropped connection.
@@ -218,24 +230,134 @@ struct Session<'a> {
     pending_end: Option<Lsn>,
     /// The furthest WAL end upstream has reported.
     upstream_end: Lsn,
+    /// A copy of added (or unfinished) tables running beside the stream.
+    copy_task: Option<CopyTask>,
+    /// When the replication connection last delivered a message.
+    heard: Instant,
 }
 
 impl<'a> Session<'a> {
     async fn open(source: &'a PostgresSource) -> Result<Session<'a>, SourceError> {
-        let client = catalog::connect(&source.pg_config)
-            .await
-            .map_err(CatalogError::from)?;
-        catalog::check_wal_level(&client).await?;
-        catalog::check_tables(&client, &source.tables).await?;
-        catalog::ensure_publication(
-            &client,
-            &source.publication,
-            &source.tables,
-            source.all_tables,
+        // Every network step but the slot's creation and the copy (both may rightly take
+        // long) is bounded, so a connection lost in a network black hole is given up.
+        let limit = source.timeout;
+        let client = bounded(limit, "connecting", async {
+            catalog::connect_tls(&source.pg_config, &source.tls)
+                .await
+                .map_err(CatalogError::from)
+        })
+        .await?;
+        let tables = bounded(
+            limit,
+            "checking the server, tables and publication",
+            async {
+                catalog::check_wal_level(&client).await?;
+                catalog::check_tables(&client, &source.tables).await?;
+                catalog::ensure_publication(
+                    &client,
+                    &source.publication,
+                    &source.tables,
+                    source.all_tables,
+                )
+                .await?;
+                if source.all_tables {
+                    catalog::published_tables_with_keys(&client, &source.publication).await
+                } else {
+                    Ok(source.tables.clone())
+                }
+            },
         )
         .await?;
 
-        let stored = source.log.position(&source.name).await?;
+        let mut stored = source.log.position(&source.name).await?;
+        let copied = match source
+            .log
+            .position(&CopiedTables::key(&source.name))
+            .await?
+        {
+            Some(text) => Some(CopiedTables::parse(&text)?),
+            None => None,
+        };
+
+        let (mut conn, system) = bounded(limit, "opening the replication connection", async {
+            let mut conn =
+                ReplicationConnection::connect_tls(&source.pg_config, &source.tls, SESSION_PARAMS)
+                    .await?;
+            let system = conn.identify_system().await?;
+            Ok::<_, ReplicationError>((conn, system))
+        })
+        .await?;
+        source.status.send_modify(|s| {
+            s.connected = true;
+            s.upstream_position = Some(system.xlog_pos.to_string());
+        });
+        let slot = bounded(
+            limit,
+            "reading the slot's state",
+            catalog::slot_state(&client, &source.slot),
+        )
+        .await?;
+        if let Some(plugin) = slot.as_ref().and_then(|s| s.plugin.as_deref()) {
+            if plugin != "pgoutput" {
+                return Err(SourceError::Config {
+                    source_name: source.name.to_string(),
+                    message: format!(
+                        "replication slot {} exists but uses plugin {plugin:?}, not pgoutput: drop it or configure another slot name",
+                        source.slot
+                    ),
+                });
+            }
+        }
+        let lost = match &slot {
+            None => Some("missing"),
+            Some(slot) if slot.wal_status.as_deref() == Some("lost") => Some(
+                "invalidated (Postgres removed WAL it still needed, see max_slot_wal_keep_size)",
+            ),
+            Some(_) => None,
+        };
+        let mut copy_task = None;
+        if let Some(state) = lost {
+            if stored.is_some() || copied.is_some() || source.has_entries().await? {
+                start_over(source, state, stored.as_deref()).await?;
+                stored = None;
+            }
+            if slot.is_some() {
+                catalog::drop_slot(&client, &source.slot).await?;
+            }
+            // First start: the new slot's snapshot is the copy's, and streaming starts where
+            // the snapshot ends.
+            let created = conn.create_logical_slot(&source.slot, true).await?;
+            tracing::info!(source = %source.name, slot = %source.slot, consistent_point = %created.consistent_point, "created replication slot");
+            let snapshot = created.snapshot_name.clone().ok_or_else(|| {
+                SourceError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
+            })?;
+            let copier = source.copier(created.consistent_point, false);
+            copier
+                .run(
+                    &source.pg_config,
+                    SESSION_PARAMS,
+                    &snapshot,
+                    &tables,
+                    CopiedTables::default(),
+                )
+                .await?;
+        } else {
+            let done = copied.unwrap_or_default();
+            let done = source.forget_removed_tables(&client, &tables, done).await?;
+            let pending: Vec<String> = tables
+                .iter()
+                .filter(|t| !done.tables.contains(*t))
+                .cloned()
+                .collect();
+            if pending.is_empty() {
+                source
+                    .status
+                    .send_modify(|s| s.initial_copy.state = CopyState::Done);
+            } else {
+                copy_task = Some(source.copy_beside_stream(pending, done));
+            }
+        }
+
         let durable = match &stored {
             Some(text) => text.parse::<Lsn>().map_err(|e| SourceError::Config {
                 source_name: source.name.to_string(),
@@ -243,41 +365,17 @@ impl<'a> Session<'a> {
             })?,
             None => Lsn(0),
         };
-
-        let mut conn = ReplicationConnection::connect(&source.pg_config, SESSION_PARAMS).await?;
-        let system = conn.identify_system().await?;
-        match catalog::slot_state(&client, &source.slot).await? {
-            Some(slot) if slot.wal_status.as_deref() == Some("lost") => {
-                return Err(slot_lost(
-                    source,
-                    "invalidated (its WAL was removed)",
-                    stored,
-                ));
-            }
-            Some(slot) if slot.plugin.as_deref() != Some("pgoutput") => {
-                return Err(SourceError::Config {
-                    source_name: source.name.to_string(),
-                    message: format!(
-                        "replication slot {} exists but uses plugin {:?}, not pgoutput: drop it or configure another slot name",
-                        source.slot, slot.plugin
-                    ),
-                });
-            }
-            Some(_) => {}
-            None if stored.is_some() => return Err(slot_lost(source, "missing", stored)),
-            None => {
-                let created = conn.create_logical_slot(&source.slot, false).await?;
-                tracing::info!(source = %source.name, slot = %source.slot, consistent_point = %created.consistent_point, "created replication slot");
-            }
-        }
         let publication = source.publication.clone();
-        let stream = conn
-            .start_logical_replication(
+        let stream = bounded(
+            limit,
+            "starting replication",
+            conn.start_logical_replication(
                 &source.slot,
                 durable,
                 &[("proto_version", "1"), ("publication_names", &publication)],
-            )
-            .await?;
+            ),
+        )
+        .await?;
         tracing::info!(
             source = %source.name, slot = %source.slot, from = %durable, server_wal = %system.xlog_pos,
             "streaming changes"
@@ -305,6 +403,8 @@ impl<'a> Session<'a> {
             local_started: None,
             pending_end: None,
             upstream_end: system.xlog_pos,
+            copy_task,
+            heard: Instant::now(),
         })
     }
 
@@ -312,7 +412,7 @@ impl<'a> Session<'a> {
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), SourceError> {
-        let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
+        let mut status_timer = tokio::time::interval(STATUS_INTERVAL.min(self.source.timeout / 4));
         loop {
             // Work through what has already arrived before touching the network: a burst of
             // upstream transactions becomes one local commit.
@@ -335,7 +435,12 @@ impl<'a> Session<'a> {
                     Some(message) => self.handle(message).await?,
                     None => return Err(SourceError::StreamEnded),
                 },
-                _ = status_timer.tick() => self.send_status(false).await?,
+                _ = status_timer.tick() => self.keep_alive().await?,
+                copied = wait_for_copy(&mut self.copy_task) => {
+                    self.copy_task = None;
+                    let copied = copied?;
+                    tracing::info!(source = %self.source.name, tables = copied.tables.len(), "every table is copied");
+                }
             }
         }
     }
@@ -347,7 +452,28 @@ impl<'a> Session<'a> {
                 .is_some_and(|t| t.elapsed() >= GROUP_MAX_AGE)
     }
 
+    /// The periodic status update, which also watches the connection: Postgres sends nothing
+    /// on an idle slot we have acknowledged, so after half the timeout in silence we ask it
+    /// to answer, and after the whole timeout we give the connection up.
+    async fn keep_alive(&mut self) -> Result<(), SourceError> {
+        let limit = self.source.timeout;
+        let silent = self.heard.elapsed();
+        if silent >= limit {
+            return Err(SourceError::Timeout {
+                what: "streaming",
+                after: limit,
+            });
+        }
+        bounded(
+            limit,
+            "sending a status update",
+            self.send_status(silent >= limit / 2),
+        )
+        .await
+    }
+
     async fn handle(&mut self, message: ReplicationMessage) -> Result<(), SourceError> {
+        self.heard = Instant::now();
         match message {
             ReplicationMessage::XLogData { data, wal_end, .. } => {
                 self.note_upstream_end(wal_end);
@@ -452,11 +578,19 @@ impl<'a> Session<'a> {
             self.tables.insert(relation.id, None);
             return Ok(());
         }
-        let mut value_types = Vec::with_capacity(relation.columns.len());
-        for column in &relation.columns {
-            value_types.push(self.types.resolve(&self.client, column.type_oid).await?);
-        }
-        let primary_key = catalog::primary_key(&self.client, relation.id).await?;
+        let (value_types, primary_key) = bounded(
+            self.source.timeout,
+            "reading a table's columns and key",
+            async {
+                let mut value_types = Vec::with_capacity(relation.columns.len());
+                for column in &relation.columns {
+                    value_types.push(self.types.resolve(&self.client, column.type_oid).await?);
+                }
+                let primary_key = catalog::primary_key(&self.client, relation.id).await?;
+                Ok::<_, CatalogError>((value_types, primary_key))
+            },
+        )
+        .await?;
         let shape = match TableShape::new(&relation, &primary_key, value_types) {
             Ok(shape) => Some(shape),
             Err(e @ ShapeError::NoKey(..)) if self.source.all_tables => {
@@ -597,10 +731,137 @@ impl<'a> Session<'a> {
     }
 }
 
-fn slot_lost(source: &PostgresSource, state: &'static str, stored: Option<String>) -> SourceError {
-    SourceError::SlotLost {
-        slot: source.slot.clone(),
-        state,
-        position: stored.unwrap_or_default(),
+impl PostgresSource {
+    /// A copier for the first start (`beside_stream = false`: nothing else writes this source
+    /// meanwhile) or for a copy beside the running stream (its floor is the log's head now).
+    fn copier(&self, position: Lsn, beside_stream: bool) -> Copier {
+        Copier {
+            source: self.name.clone(),
+            log: self.log.clone(),
+            status: self.status.clone(),
+            floor: beside_stream.then(|| *self.log.head().borrow()),
+            position,
+            tls: self.tls.clone(),
+        }
+    }
+
+    async fn has_entries(&self) -> Result<bool, SourceError> {
+        let log = self.log.clone();
+        let name = self.name.to_string();
+        tokio::task::spawn_blocking(move || log.reader()?.has_entries_of(&name))
+            .await
+            .map_err(|e| SourceError::CopyTask(e.to_string()))?
+            .map_err(SourceError::from)
+    }
+
+    /// Tables copied earlier but no longer configured: their entries leave the log and the
+    /// table leaves the publication, so they stop being served.
+    async fn forget_removed_tables(
+        &self,
+        client: &tokio_postgres::Client,
+        tables: &[String],
+        mut copied: CopiedTables,
+    ) -> Result<CopiedTables, SourceError> {
+        let removed: Vec<String> = copied
+            .tables
+            .iter()
+            .filter(|t| !tables.contains(t))
+            .cloned()
+            .collect();
+        if removed.is_empty() {
+            return Ok(copied);
+        }
+        if !self.all_tables {
+            for table in &removed {
+                catalog::remove_from_publication(client, &self.publication, table).await?;
+            }
+        }
+        let mut txn = self.log.begin().await?;
+        for table in &removed {
+            tracing::info!(source = %self.name, table, "table is no longer configured: removing its entries from the log");
+            txn.remove_collection(table).await?;
+            copied.tables.remove(table);
+        }
+        txn.commit(&CopiedTables::key(&self.name), copied.to_json())
+            .await?;
+        Ok(copied)
+    }
+
+    /// Copies `pending` from a temporary slot's snapshot while the permanent slot streams.
+    fn copy_beside_stream(&self, pending: Vec<String>, copied: CopiedTables) -> CopyTask {
+        let floor_copier = self.copier(Lsn(0), true);
+        let pg_config = self.pg_config.clone();
+        let tls = self.tls.clone();
+        // Temporary slots vanish with their connection; the name only has to be unique now.
+        let temporary = format!(
+            "{}_copy_{}_{}",
+            self.slot,
+            std::process::id(),
+            rand::random::<u16>()
+        );
+        let handle = tokio::spawn(async move {
+            let mut conn =
+                ReplicationConnection::connect_tls(&pg_config, &tls, SESSION_PARAMS).await?;
+            let created = conn.create_temporary_snapshot_slot(&temporary).await?;
+            let snapshot = created.snapshot_name.clone().ok_or_else(|| {
+                SourceError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
+            })?;
+            let copier = Copier {
+                position: created.consistent_point,
+                ..floor_copier
+            };
+            let copied = copier
+                .run(&pg_config, SESSION_PARAMS, &snapshot, &pending, copied)
+                .await?;
+            // Keeps the snapshot's slot alive until the copy is done.
+            drop(conn);
+            Ok(copied)
+        });
+        CopyTask(handle)
+    }
+}
+
+/// The upstream history this source was built from is gone: say so loudly, forget what the log
+/// holds of it (every client cursor expires), and let the caller copy everything again.
+async fn start_over(
+    source: &PostgresSource,
+    state: &str,
+    stored: Option<&str>,
+) -> Result<(), SourceError> {
+    let message = format!(
+        "replication slot {} is {state}, so the changes after position {} can no longer be read: \
+         starting over with a new copy of every table; clients' cursors expire (410) and they \
+         must sync again from the beginning",
+        source.slot,
+        stored.unwrap_or("(copy in progress)")
+    );
+    tracing::error!(source = %source.name, "{message}");
+    metrics::counter!(telemetry::SOURCE_RESETS, "source" => source.name.to_string()).increment(1);
+    let mark = source.log.reset_source(&source.name).await?;
+    tracing::warn!(source = %source.name, expired_before = mark, "log entries of this source removed; cursors expired");
+    source.status.send_modify(|s| {
+        s.last_error = Some(message);
+        s.position = None;
+    });
+    Ok(())
+}
+
+/// A copy task that stops when its session ends.
+struct CopyTask(tokio::task::JoinHandle<Result<CopiedTables, SourceError>>);
+
+impl Drop for CopyTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Waits for the copy task when there is one, forever otherwise (a `select!` branch).
+async fn wait_for_copy(task: &mut Option<CopyTask>) -> Result<CopiedTables, SourceError> {
+    match task {
+        Some(task) => match (&mut task.0).await {
+            Ok(result) => result,
+            Err(e) => Err(SourceError::CopyTask(e.to_string())),
+        },
+        None => std::future::pending().await,
     }
 }

@@ -1,0 +1,465 @@
+//! One MongoDB source: open the change stream, copy on first start, stream into the log,
+//! resume after errors, re-copy when upstream history is lost.
+
+use super::events::{EventError, Mapper, Reassembly};
+use super::position::Position;
+use crate::config::{FullDocumentMode, SourceConfig};
+use crate::http::telemetry;
+use crate::log::{Log, LogError};
+use crate::record::{Change, TxMeta};
+use crate::source::backoff::{wait_for_shutdown, Backoff};
+use crate::source::{CopyState, SourceStatus};
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::change_stream::ChangeStream;
+use mongodb::error::ErrorKind;
+use mongodb::options::{ClientOptions, FullDocumentBeforeChangeType, FullDocumentType};
+use mongodb::{Client, Database};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Changes per local commit while streaming (more wait for the next commit).
+const GROUP_MAX_CHANGES: usize = 5_000;
+/// How long an idle `getMore` waits on the server before answering with an empty batch.
+const AWAIT_TIME: Duration = Duration::from_secs(1);
+/// An idle stream's fresh `postBatchResumeToken` is stored at most this often.
+const IDLE_TOKEN_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a stopping session may take to commit what it holds.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// ChangeStreamHistoryLost.
+const HISTORY_LOST: i32 = 286;
+/// ChangeStreamFatalError: older servers' word for a lost resume point, among other things.
+const FATAL: i32 = 280;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MongoError {
+    #[error("source {source_name}: {message}")]
+    Config {
+        source_name: String,
+        message: String,
+    },
+    #[error("MongoDB: {0}")]
+    Driver(#[from] mongodb::error::Error),
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    #[error("{0}")]
+    Event(#[from] EventError),
+    #[error("the change stream returned no resume token: the server is too old (change streams with postBatchResumeToken need MongoDB 4.0.7 or later)")]
+    NoToken,
+    #[error("the server closed the change stream")]
+    StreamClosed,
+    #[error("cannot read the resume token: {0}")]
+    Token(String),
+    #[error("upstream history was lost; the source was reset and copies everything again")]
+    Recopy,
+}
+
+impl MongoError {
+    fn is_fatal(&self) -> bool {
+        matches!(self, MongoError::Config { .. } | MongoError::NoToken)
+    }
+}
+
+/// Error 286 from the server, or 280 saying the same (older servers): the resume point is no
+/// longer in the oplog.
+fn is_history_lost(error: &mongodb::error::Error) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::Command(c) => {
+            c.code == HISTORY_LOST || (c.code == FATAL && c.message.contains("oplog"))
+        }
+        _ => false,
+    }
+}
+
+pub struct MongoSource {
+    pub(super) name: Arc<str>,
+    url: String,
+    pub(super) mapper: Mapper,
+    full_document: FullDocumentMode,
+    pub(super) log: Log,
+    pub(super) status: watch::Sender<SourceStatus>,
+}
+
+impl MongoSource {
+    pub fn new(config: &SourceConfig, log: Log) -> Result<MongoSource, MongoError> {
+        let config_err = |message: String| MongoError::Config {
+            source_name: config.name.clone(),
+            message,
+        };
+        let url = config.resolve_url().map_err(config_err)?;
+        // Syntax and options now (a typo is not worth retrying); SRV lookups at connect time.
+        if let Err(e) = mongodb::options::ConnectionString::parse(&url) {
+            return Err(config_err(format!(
+                "invalid MongoDB URL ({e}): write it as mongodb://HOST:27017/?replicaSet=NAME or mongodb+srv://HOST/"
+            )));
+        }
+        let database = config
+            .database
+            .clone()
+            .ok_or_else(|| config_err("kind = \"mongodb\" needs database = \"…\"".into()))?;
+        let status = SourceStatus {
+            name: config.name.clone(),
+            kind: "mongodb",
+            ..SourceStatus::default()
+        };
+        Ok(MongoSource {
+            name: config.name.as_str().into(),
+            url,
+            mapper: Mapper {
+                source: config.name.as_str().into(),
+                database,
+                collections: (!config.all_collections())
+                    .then(|| config.collections.iter().cloned().collect()),
+                pre_images: config.pre_images,
+                full_document: config.full_document,
+            },
+            full_document: config.full_document,
+            log,
+            status: watch::channel(status).0,
+        })
+    }
+
+    pub fn status(&self) -> watch::Receiver<SourceStatus> {
+        self.status.subscribe()
+    }
+
+    /// Streams until `shutdown` turns true, reconnecting with backoff. Returns an error only for
+    /// problems retrying cannot fix.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), MongoError> {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut client: Option<Client> = None;
+        loop {
+            let started = Instant::now();
+            // The session commits what it holds when told to stop; a copy in progress is
+            // abandoned after a grace period (it restarts from its stored position).
+            let mut session_shutdown = shutdown.clone();
+            let result = tokio::select! {
+                r = self.session(&mut client, &mut session_shutdown) => r,
+                _ = async {
+                    wait_for_shutdown(&mut shutdown).await;
+                    tokio::time::sleep(SHUTDOWN_GRACE).await;
+                } => Ok(()),
+            };
+            let result = match result {
+                Err(MongoError::Recopy) => continue,
+                other => other,
+            };
+            let lasted = started.elapsed();
+            if let Some(end) = backoff
+                .after_session(
+                    result,
+                    MongoError::is_fatal,
+                    lasted,
+                    &self.status,
+                    &mut shutdown,
+                )
+                .await
+            {
+                return end;
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        client: &mut Option<Client>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), MongoError> {
+        let client = match client.take() {
+            Some(kept) => client.insert(kept),
+            None => {
+                // Parsing resolves mongodb+srv:// names, so it belongs to the retried part.
+                let mut options = ClientOptions::parse(&self.url).await?;
+                options.app_name.get_or_insert_with(|| "deltarelay".into());
+                client.insert(Client::with_options(options)?)
+            }
+        };
+        let db = client.database(&self.mapper.database);
+        let split = supports_split_events(&db).await?;
+        let stored = self.log.position(&self.name).await?;
+        let start = match stored.as_deref() {
+            None => None,
+            Some(text) => Some(Position::parse(text).map_err(|e| MongoError::Config {
+                source_name: self.name.to_string(),
+                message: format!("the log holds an unreadable position: {e}"),
+            })?),
+        };
+        let from = start.as_ref().map(|p| p.token().clone());
+        let mut stream = match self.open(&db, from, split).await {
+            Err(e) if is_history_lost(&e) => return Err(self.history_lost(&e).await),
+            opened => opened?,
+        };
+        let token = stream.resume_token().ok_or(MongoError::NoToken)?;
+        let token = token_bson(&token)?;
+        self.status.send_modify(|s| {
+            s.connected = true;
+            s.last_error = None;
+        });
+        match start {
+            Some(Position::Streaming(_)) => {
+                let position = stored.clone().unwrap_or_default();
+                self.status
+                    .send_modify(|s| s.position = Some(position.clone()));
+                self.sync_collection_set(&db, &position).await?;
+                self.status
+                    .send_modify(|s| s.initial_copy.state = CopyState::Done);
+            }
+            None | Some(Position::Copying(_)) => {
+                // Copy from a stream that is already open: what changes during the copy is in
+                // the stream after `token`, and the log's compaction absorbs the overlap.
+                self.copy_all(&db, token).await?;
+            }
+        }
+        tracing::info!(source = %self.name, database = %self.mapper.database, "streaming changes");
+        self.stream_changes(&db, &mut stream, split, shutdown).await
+    }
+
+    async fn open(
+        &self,
+        db: &Database,
+        after: Option<Bson>,
+        split: bool,
+    ) -> Result<ChangeStream<Document>, mongodb::error::Error> {
+        let full_document = match self.full_document {
+            FullDocumentMode::UpdateLookup => FullDocumentType::UpdateLookup,
+            FullDocumentMode::WhenAvailable => FullDocumentType::WhenAvailable,
+            FullDocumentMode::Required => FullDocumentType::Required,
+        };
+        let mut watch = db
+            .watch()
+            .full_document(full_document)
+            .max_await_time(AWAIT_TIME);
+        if self.mapper.pre_images {
+            watch = watch.full_document_before_change(FullDocumentBeforeChangeType::WhenAvailable);
+        }
+        let mut pipeline = Vec::new();
+        if let Some(list) = &self.mapper.collections {
+            // Only what the relay syncs crosses the network: events of the listed collections,
+            // renames into them, and the database-wide events that end the stream.
+            let names: Vec<&String> = list.iter().collect();
+            pipeline.push(doc! {"$match": {"$or": [
+                {"ns.coll": {"$in": &names}},
+                {"to.coll": {"$in": &names}},
+                {"operationType": {"$in": ["dropDatabase", "invalidate"]}},
+            ]}});
+        }
+        if split {
+            // Must be the last stage.
+            pipeline.push(doc! {"$changeStreamSplitLargeEvent": {}});
+        }
+        if !pipeline.is_empty() {
+            watch = watch.pipeline(pipeline);
+        }
+        if let Some(token) = after {
+            // startAfter rather than resumeAfter: it also accepts the token of an invalidate.
+            let token: ResumeToken = mongodb::bson::from_bson(token)?;
+            watch = watch.start_after(token);
+        }
+        Ok(watch.await?.with_type::<Document>())
+    }
+
+    /// Loudly gives up on the lost history: the source's entries and position go, every
+    /// cursor expires, and the next session copies everything again.
+    async fn history_lost(&self, error: &mongodb::error::Error) -> MongoError {
+        tracing::error!(
+            source = %self.name, error = %error,
+            "UPSTREAM HISTORY LOST: the stored resume token is no longer in the oplog, so changes \
+             may have been missed. Resetting this source (its log entries, position and every \
+             client cursor) and copying all collections again. Give the oplog a larger window \
+             (replSetResizeOplog) so that the relay's downtime fits in it."
+        );
+        self.status.send_modify(|s| {
+            s.last_error = Some(format!("upstream history lost ({error}); copying again"));
+            s.initial_copy.state = CopyState::Pending;
+        });
+        match self.log.reset_source(&self.name).await {
+            Ok(_) => MongoError::Recopy,
+            Err(e) => MongoError::Log(e),
+        }
+    }
+
+    async fn stream_changes(
+        &self,
+        db: &Database,
+        stream: &mut ChangeStream<Document>,
+        split: bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), MongoError> {
+        let mut pending = Pending::default();
+        let mut reassembly = Reassembly::default();
+        let mut saved = self.status.borrow().position.clone();
+        let mut saved_at = Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                self.flush(&mut pending, stream.resume_token(), &mut saved)
+                    .await?;
+                return Ok(());
+            }
+            let next = tokio::select! {
+                next = stream.next_if_any() => next,
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        // The relay dropped its side without a word: stop as if told to.
+                        self.flush(&mut pending, stream.resume_token(), &mut saved).await?;
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            match next {
+                Ok(Some(raw)) => {
+                    let whole = reassembly.push(raw).map_err(|message| MongoError::Config {
+                        source_name: self.name.to_string(),
+                        message: format!("split change event: {message}"),
+                    })?;
+                    let Some(event) = whole else { continue };
+                    let mapped = self.mapper.map(event)?;
+                    if let Some(meta) = mapped.meta {
+                        if !mapped.changes.is_empty() {
+                            pending.push(mapped.txn.clone(), meta, mapped.changes);
+                        }
+                    }
+                    if let Some(collection) = mapped.recopy {
+                        self.flush(&mut pending, stream.resume_token(), &mut saved)
+                            .await?;
+                        let position = saved.clone().unwrap_or_default();
+                        tracing::info!(source = %self.name, collection, "renamed into a synced collection: copying it");
+                        self.copy_collection(db, &collection, &position, Instant::now())
+                            .await?;
+                    }
+                    if mapped.invalidate {
+                        self.flush(&mut pending, stream.resume_token(), &mut saved)
+                            .await?;
+                        let token = stream.resume_token().ok_or(MongoError::NoToken)?;
+                        tracing::info!(source = %self.name, "change stream invalidated (database dropped or renamed): reopening after it");
+                        *stream = self.open(db, Some(token_bson(&token)?), split).await?;
+                        continue;
+                    }
+                    if pending.changes >= GROUP_MAX_CHANGES && mapped.txn.is_none() {
+                        self.flush(&mut pending, stream.resume_token(), &mut saved)
+                            .await?;
+                        saved_at = Instant::now();
+                    }
+                }
+                Ok(None) if reassembly.in_progress() => {}
+                Ok(None) => {
+                    // Caught up: commit what gathered, or keep an idle stream's token fresh.
+                    if !pending.is_empty() || saved_at.elapsed() >= IDLE_TOKEN_INTERVAL {
+                        self.flush(&mut pending, stream.resume_token(), &mut saved)
+                            .await?;
+                        saved_at = Instant::now();
+                    }
+                    if !stream.is_alive() {
+                        // The server closed the cursor without an invalidate: open it again.
+                        return Err(MongoError::StreamClosed);
+                    }
+                }
+                Err(e) => {
+                    // What arrived before the error is covered by the stream's token.
+                    if !reassembly.in_progress() {
+                        self.flush(&mut pending, stream.resume_token(), &mut saved)
+                            .await?;
+                    }
+                    if is_history_lost(&e) {
+                        return Err(self.history_lost(&e).await);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Commits the pending changes with the stream's current `token`; with nothing pending,
+    /// stores the token alone if it moved.
+    async fn flush(
+        &self,
+        pending: &mut Pending,
+        token: Option<ResumeToken>,
+        saved: &mut Option<String>,
+    ) -> Result<(), MongoError> {
+        let Some(token) = token else {
+            return Ok(());
+        };
+        let position = Position::Streaming(token_bson(&token)?).text();
+        if pending.is_empty() && saved.as_deref() == Some(position.as_str()) {
+            return Ok(());
+        }
+        let mut txn = self.log.begin().await?;
+        for (meta, changes) in std::mem::take(&mut pending.txs) {
+            for change in &changes {
+                metrics::counter!(
+                    telemetry::CHANGES_INGESTED,
+                    "source" => self.name.to_string(),
+                    "collection" => change.collection.clone()
+                )
+                .increment(1);
+            }
+            txn.append(meta, changes).await?;
+        }
+        pending.changes = 0;
+        let started = Instant::now();
+        txn.commit(&self.name, position.clone()).await?;
+        metrics::histogram!(telemetry::LOG_COMMIT_SECONDS, "source" => self.name.to_string())
+            .record(started.elapsed().as_secs_f64());
+        self.status
+            .send_modify(|s| s.position = Some(position.clone()));
+        *saved = Some(position);
+        Ok(())
+    }
+}
+
+/// Changes received but not yet committed, grouped by upstream transaction.
+#[derive(Default)]
+struct Pending {
+    txs: Vec<(Arc<TxMeta>, Vec<Change>)>,
+    /// The `lsid:txnNumber` of the last group, when it is a multi-document transaction.
+    last_txn: Option<String>,
+    changes: usize,
+}
+
+impl Pending {
+    fn push(&mut self, txn: Option<String>, meta: TxMeta, changes: Vec<Change>) {
+        self.changes += changes.len();
+        if let (Some(t), Some(last)) = (&txn, &self.last_txn) {
+            if t == last {
+                if let Some((_, group)) = self.txs.last_mut() {
+                    group.extend(changes);
+                    return;
+                }
+            }
+        }
+        self.last_txn = txn;
+        self.txs.push((Arc::new(meta), changes));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.txs.is_empty()
+    }
+}
+
+fn token_bson(token: &ResumeToken) -> Result<Bson, MongoError> {
+    mongodb::bson::to_bson(token).map_err(|e| MongoError::Token(e.to_string()))
+}
+
+/// `$changeStreamSplitLargeEvent` exists from MongoDB 7.0 (and 6.0.9).
+async fn supports_split_events(db: &Database) -> Result<bool, MongoError> {
+    let info = match db.run_command(doc! {"buildInfo": 1}).await {
+        Ok(info) => info,
+        Err(e) if matches!(e.kind.as_ref(), ErrorKind::Command(_)) => {
+            tracing::warn!(error = %e, "buildInfo refused: events over 16 MiB will fail the stream");
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let version: Vec<i32> = info
+        .get_array("versionArray")
+        .map(|v| v.iter().filter_map(Bson::as_i32).collect())
+        .unwrap_or_default();
+    Ok(match version.as_slice() {
+        [major, ..] if *major >= 7 => true,
+        [6, 0, patch, ..] => *patch >= 9,
+        [6, minor, ..] => *minor > 0,
+        _ => false,
+    })
+}
