@@ -2,6 +2,7 @@
 
 mod http_support;
 
+use deltarelay::source::CopyState;
 use http_support::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -572,9 +573,23 @@ async fn readyz_reports_disconnected_sources() {
     assert_eq!(status["sources"][0]["name"], "app_pg");
     assert_eq!(status["sources"][0]["connected"], false);
 
+    // Connected but still copying: not ready either.
     status_tx.send_modify(|s| {
         s.connected = true;
         s.last_error = None;
+        s.initial_copy.state = CopyState::Copying;
+        s.initial_copy.tables_total = 2;
     });
+    let response = get(addr, "/readyz", &[]).await;
+    assert_eq!(response.status, 503);
+    assert!(
+        response.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("app_pg is copying existing rows (0 of 2 tables"),
+        "{}",
+        response.json()
+    );
+    status_tx.send_modify(|s| s.initial_copy.state = CopyState::Done);
     assert_eq!(get(addr, "/readyz", &[]).await.status, 200);
 }

@@ -118,9 +118,16 @@ async fn run_client(
     let mut last = since_seq(&seen.since);
     let mut ready = false;
     loop {
-        let event = client
-            .next_within(Duration::from_secs(90))
+        let event = tokio::time::timeout(Duration::from_secs(90), client.next())
             .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{}: no event for 90 s after {} changes (last cursor seq {last}, ready {ready}, since {})",
+                    seen.name,
+                    seen.events.len(),
+                    seen.since
+                )
+            })
             .unwrap_or_else(|| panic!("{}: stream ended", seen.name));
         if event.event == "ready" {
             assert!(!ready, "{}: a second ready event", seen.name);
@@ -235,13 +242,8 @@ async fn fifty_sse_clients_join_during_a_write_load_and_build_the_database_state
                 txs += 1;
                 written.store(n, Ordering::SeqCst);
             }
-            db.batch_execute(&format!(
-                "INSERT INTO items VALUES ({MARKER_ID}, 'marker', 0, true)"
-            ))
-            .await
-            .unwrap();
             writer_done.store(true, Ordering::SeqCst);
-            txs + 1
+            (db, txs + 1)
         })
     };
 
@@ -278,7 +280,14 @@ async fn fifty_sse_clients_join_during_a_write_load_and_build_the_database_state
         )));
     }
     let write_started = Instant::now();
-    let txs = writer.await.unwrap();
+    let (db, txs) = writer.await.unwrap();
+    // The marker goes in only after every client has chosen its cursor: a client that joined
+    // after it (from the head) would otherwise start past it and wait for it forever.
+    db.batch_execute(&format!(
+        "INSERT INTO items VALUES ({MARKER_ID}, 'marker', 0, true)"
+    ))
+    .await
+    .unwrap();
     println!(
         "fanout: writer committed {changes} statements in {txs} transactions ({:?} after the last join)",
         write_started.elapsed()

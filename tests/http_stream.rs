@@ -382,3 +382,47 @@ async fn streams_end_cleanly_on_shutdown() {
         started.elapsed()
     );
 }
+
+/// A source reset expires every cursor: a live stream ends (instead of silently missing the
+/// forgotten rows) and reconnecting from its last event gets 410.
+#[tokio::test]
+async fn a_source_reset_ends_live_streams_and_their_cursors_expire() {
+    let server = Server::start().await;
+    commit(
+        &server.log,
+        vec![(tx(1), vec![upsert("public.a", 1, json!(1))])],
+    )
+    .await;
+    let mut client = SseClient::connect(server.addr, "/v1/stream", None).await;
+    let first = client.next_within(EVENT_TIMEOUT).await.unwrap();
+    let ready = client.next_within(EVENT_TIMEOUT).await.unwrap();
+    assert_eq!(ready.event, "ready");
+    let comments_before = client.comments;
+    server.log.reset_source("pg").await.unwrap();
+    assert_eq!(
+        client.next_within(Duration::from_secs(5)).await,
+        None,
+        "the stream ends"
+    );
+    assert!(
+        client.comments > comments_before,
+        "it says why in a comment"
+    );
+    for cursor in [first.id.unwrap(), ready.id.unwrap()] {
+        let response = server.get(&format!("/v1/stream?since={cursor}")).await;
+        assert_eq!(response.status, 410, "{cursor}");
+    }
+    // From the beginning works, and sees only what was written after the reset.
+    commit(
+        &server.log,
+        vec![(tx(2), vec![upsert("public.a", 2, json!(2))])],
+    )
+    .await;
+    let mut fresh = SseClient::connect(server.addr, "/v1/stream", None).await;
+    let record = record_of(&fresh.next_within(EVENT_TIMEOUT).await.unwrap());
+    assert_eq!(record["key"], json!({"id": 2}));
+    assert_eq!(
+        fresh.next_within(EVENT_TIMEOUT).await.unwrap().event,
+        "ready"
+    );
+}

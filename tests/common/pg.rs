@@ -32,12 +32,20 @@ pub struct PgServer {
     data_dir: PathBuf,
     log_file: PathBuf,
     port: u16,
+    /// Serves TLS with `server.crt`/`server.key` in the data directory.
+    ssl: bool,
 }
 
 impl PgServer {
     /// A server trusting every local connection, with a database "app".
     pub fn start() -> PgServer {
         PgServer::init_and_start("trust")
+    }
+
+    /// A server that accepts TCP connections only over TLS (`hostnossl … reject`), with the
+    /// certificate `certs/server.crt` and key `certs/server.key`.
+    pub fn start_tls(certs: &Path) -> PgServer {
+        PgServer::init_and_start_with("trust", Some(certs))
     }
 
     /// Like `start`, but TCP connections by users other than `postgres` need `method`
@@ -124,11 +132,39 @@ impl PgServer {
             .to_string()
     }
 
+    /// The table's rows as the log's key text → row JSON, via Postgres's own `row_to_json`
+    /// (which matches the relay's mapping for integer, text and boolean columns).
+    pub fn table_state(
+        &self,
+        db: &str,
+        table: &str,
+        key_columns: &[&str],
+    ) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let text = self.psql(
+            db,
+            &format!("SELECT coalesce(json_agg(row_to_json(t)), '[]') FROM {table} t"),
+        );
+        let rows: Vec<serde_json::Value> = serde_json::from_str(text.trim()).unwrap();
+        rows.into_iter()
+            .map(|row| {
+                let key: serde_json::Map<String, serde_json::Value> = key_columns
+                    .iter()
+                    .map(|c| (c.to_string(), row[*c].clone()))
+                    .collect();
+                (serde_json::Value::Object(key).to_string(), row)
+            })
+            .collect()
+    }
+
     pub fn log_contents(&self) -> String {
         fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
     fn init_and_start(method: &str) -> PgServer {
+        PgServer::init_and_start_with(method, None)
+    }
+
+    fn init_and_start_with(method: &str, certs: Option<&Path>) -> PgServer {
         let dir = tempfile::Builder::new()
             .prefix("deltarelay-pg")
             .tempdir()
@@ -161,12 +197,16 @@ impl PgServer {
             panic!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
         }
         write_hba(&data_dir, method);
+        if let Some(certs) = certs {
+            install_certs(&data_dir, certs);
+        }
 
         let mut server = PgServer {
             dir,
             data_dir,
             log_file,
             port: 0,
+            ssl: certs.is_some(),
         };
         server.start_on_free_port();
         server.psql("postgres", "CREATE DATABASE app");
@@ -202,9 +242,14 @@ impl PgServer {
              fsync = off\n\
              full_page_writes = off\n\
              shared_buffers = 32MB\n\
-             log_connections = on\n",
+             log_connections = on\n{ssl}",
             port = self.port,
             socket_dir = path_str(self.dir.path()),
+            ssl = if self.ssl {
+                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
+            } else {
+                ""
+            },
         );
         let path = self.data_dir.join("postgresql.conf");
         let mut text = fs::read_to_string(&path).expect("read postgresql.conf");
@@ -247,6 +292,31 @@ fn write_hba(data_dir: &Path, method: &str) {
          host all all 127.0.0.1/32 {method}\n\
          host replication all 127.0.0.1/32 {method}\n"
     );
+    fs::write(data_dir.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+}
+
+/// Copies the server certificate and key into the data directory (owned by the server user,
+/// key readable only by it, as Postgres demands) and allows TCP only over TLS.
+fn install_certs(data_dir: &Path, certs: &Path) {
+    for name in ["server.crt", "server.key"] {
+        let target = data_dir.join(name);
+        fs::copy(certs.join(name), &target).expect("copy certificate");
+        if running_as_root() {
+            let output = Command::new("chown")
+                .args(["postgres:postgres", path_str(&target)])
+                .output()
+                .expect("run chown");
+            assert!(output.status.success(), "chown failed: {output:?}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let hba = "local all all trust\n\
+               local replication all trust\n\
+               hostnossl all all 127.0.0.1/32 reject\n\
+               hostnossl replication all 127.0.0.1/32 reject\n\
+               hostssl all all 127.0.0.1/32 trust\n\
+               hostssl replication all 127.0.0.1/32 trust\n";
     fs::write(data_dir.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
 }
 

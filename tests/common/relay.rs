@@ -9,6 +9,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The slot (and publication) name in [`postgres_config`].
+pub const SLOT: &str = "deltarelay_test";
+
+/// Waits until the relay streams from its slot.
+pub fn wait_streaming(pg: &super::pg::PgServer, relay: &mut RelayProcess) {
+    wait_until(
+        Duration::from_secs(60),
+        "the relay to stream from its slot",
+        || {
+            relay.assert_running();
+            pg.psql(
+                "app",
+                &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{SLOT}' AND active"),
+            )
+            .trim()
+                == "1"
+        },
+    );
+}
+
 /// A config file for one Postgres source.
 pub fn postgres_config(url: &str, log_dir: &Path, tables: &[&str], http_port: u16) -> String {
     let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
@@ -47,11 +67,17 @@ pub struct RelayProcess {
     config: PathBuf,
     stderr: PathBuf,
     runs: u32,
+    env: Vec<(String, String)>,
 }
 
 impl RelayProcess {
     /// Writes `config_text` next to the log and starts `deltarelay run`.
     pub fn start(dir: &Path, config_text: &str) -> RelayProcess {
+        RelayProcess::start_with_env(dir, config_text, &[])
+    }
+
+    /// Like `start`, with extra environment variables for the relay.
+    pub fn start_with_env(dir: &Path, config_text: &str, env: &[(&str, &str)]) -> RelayProcess {
         let config = dir.join("deltarelay.toml");
         std::fs::write(&config, config_text).unwrap();
         let mut relay = RelayProcess {
@@ -59,6 +85,10 @@ impl RelayProcess {
             config,
             stderr: dir.join("relay.log"),
             runs: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         relay.spawn();
         relay
@@ -76,6 +106,7 @@ impl RelayProcess {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("DELTARELAY_LOG", "info,deltarelay=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -199,7 +230,41 @@ pub fn start_ready_relay(
 ) -> (RelayProcess, std::net::SocketAddr) {
     let port = free_port();
     let config = postgres_config(pg_url, &dir.join("log"), tables, port);
-    let mut relay = RelayProcess::start(dir, &config);
+    start_ready_relay_with(dir, &config, port)
+}
+
+/// A `[[sources]]` entry for a MongoDB source named `app_mongo`; `extra` adds keys.
+pub fn mongo_source_toml(uri: &str, database: &str, collections: &[&str], extra: &str) -> String {
+    let collections: Vec<String> = collections.iter().map(|c| format!("{c:?}")).collect();
+    format!(
+        r#"
+[[sources]]
+name = "app_mongo"
+kind = "mongodb"
+url = {uri:?}
+database = {database:?}
+collections = [{collections}]
+{extra}
+"#,
+        collections = collections.join(", "),
+    )
+}
+
+/// A config file for one MongoDB source (see [`mongo_source_toml`]).
+pub fn mongo_config(log_dir: &Path, http_port: u16, source: &str) -> String {
+    format!(
+        "[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n[log]\ndir = {:?}\n{source}",
+        log_dir.display().to_string()
+    )
+}
+
+/// Starts the relay with `config` (listening on `port`) and waits for `/readyz`.
+pub fn start_ready_relay_with(
+    dir: &Path,
+    config: &str,
+    port: u16,
+) -> (RelayProcess, std::net::SocketAddr) {
+    let mut relay = RelayProcess::start(dir, config);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     wait_until(Duration::from_secs(60), "the relay to be ready", || {
         relay.assert_running();

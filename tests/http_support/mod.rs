@@ -24,8 +24,16 @@ pub struct Server {
 
 impl Server {
     pub async fn start() -> Server {
+        Server::start_with(Default::default(), http::HttpOptions::default()).await
+    }
+
+    /// A server over a log with these row-scope columns, with auth and limits as `options` say.
+    pub async fn start_with(
+        scopes: deltarelay::log::scope::ScopeColumns,
+        options: http::HttpOptions,
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path()).unwrap();
+        let log = Log::open_scoped(dir.path(), scopes).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, stop) = watch::channel(false);
@@ -33,7 +41,7 @@ impl Server {
             log: log.clone(),
             sources: Vec::new(),
         };
-        let served = tokio::spawn(http::serve(listener, state, stop));
+        let served = tokio::spawn(http::serve_with(listener, state, options, stop));
         Server {
             addr,
             log,
@@ -173,26 +181,28 @@ async fn send_request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
 }
 
 async fn read_head(reader: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>) {
+    try_read_head(reader).await.expect("a response head")
+}
+
+/// The status and headers, or `None` when the connection ends or errs before they are whole.
+async fn try_read_head(reader: &mut BufReader<TcpStream>) -> Option<(u16, Vec<(String, String)>)> {
     let mut line = String::new();
-    reader.read_line(&mut line).await.unwrap();
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("status line {line:?}"))
-        .parse()
-        .unwrap();
+    reader.read_line(&mut line).await.ok()?;
+    let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
     let mut headers = Vec::new();
     loop {
         line.clear();
-        reader.read_line(&mut line).await.unwrap();
+        if reader.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
         let trimmed = line.trim_end();
         if trimmed.is_empty() {
             break;
         }
-        let (name, value) = trimmed.split_once(':').unwrap();
+        let (name, value) = trimmed.split_once(':')?;
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
     }
-    (status, headers)
+    Some((status, headers))
 }
 
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
@@ -266,17 +276,28 @@ impl SseClient {
         if let Some(id) = last_event_id {
             headers.push(("Last-Event-ID", id));
         }
-        let stream = send_request(addr, path, &headers).await;
+        SseClient::connect_with(addr, path, &headers).await
+    }
+
+    /// Connects with these request headers.
+    pub async fn connect_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SseClient {
+        let stream = send_request(addr, path, headers).await;
         SseClient::over(stream).await
     }
 
     pub async fn over(stream: TcpStream) -> SseClient {
+        SseClient::try_over(stream).await.expect("a response head")
+    }
+
+    /// Like `over`, but `None` when the response head does not arrive whole (the server
+    /// went away); later read errors end the stream instead of panicking.
+    pub async fn try_over(stream: TcpStream) -> Option<SseClient> {
         let mut reader = BufReader::with_capacity(64 * 1024, stream);
-        let (status, headers) = read_head(&mut reader).await;
+        let (status, headers) = try_read_head(&mut reader).await?;
         let chunked = headers
             .iter()
             .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-        SseClient {
+        Some(SseClient {
             status,
             headers,
             reader,
@@ -285,7 +306,7 @@ impl SseClient {
             comments: 0,
             retry: None,
             ended: false,
-        }
+        })
     }
 
     /// Reads more of the body into `pending`; false at its end.
@@ -305,17 +326,24 @@ impl SseClient {
             self.ended = true;
             return false;
         }
-        let size = usize::from_str_radix(line.trim(), 16).unwrap();
+        // A connection cut mid-chunk ends the stream.
+        let size = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
         if size == 0 {
             self.ended = true;
             return false;
         }
         let start = self.pending.len();
         self.pending.resize(start + size + 2, 0);
-        self.reader
+        if self
+            .reader
             .read_exact(&mut self.pending[start..])
             .await
-            .unwrap();
+            .is_err()
+        {
+            self.pending.truncate(start);
+            self.ended = true;
+            return false;
+        }
         self.pending.truncate(start + size);
         true
     }
