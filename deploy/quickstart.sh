@@ -1,27 +1,63 @@
 #!/usr/bin/env bash
 # Quick start: builds deltarelay, starts a throwaway Postgres (wal_level=logical) in a temp
 # directory with a demo table and a gentle writer, and runs the relay against it in the
-# foreground. Ctrl-C stops everything and removes the temp directory.
+# foreground with its console page at http://127.0.0.1:8080/. Ctrl-C stops everything and
+# removes the temp directory.
 #
-#   ./deploy/quickstart.sh            # HTTP on 127.0.0.1:8080
-#   PORT=9000 ./deploy/quickstart.sh
+#   ./deploy/quickstart.sh                 # HTTP on 127.0.0.1:8080
+#   PORT=9000 PG_PORT=54330 ./deploy/quickstart.sh
+#   BUILD=debug ./deploy/quickstart.sh     # faster build, slower relay
+#
+# Needs cargo and the PostgreSQL server programs; as root on Debian/Ubuntu it installs
+# PostgreSQL with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 http_port=${PORT:-8080}
 pg_port=${PG_PORT:-54329}
+build=${BUILD:-release}
+target_dir=${CARGO_TARGET_DIR:-target}
 
-pg_bin=""
-for candidate in "$(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/x)")" /usr/lib/postgresql/*/bin; do
-  if [ -x "$candidate/initdb" ] && [ -x "$candidate/pg_ctl" ]; then pg_bin=$candidate; break; fi
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$http_port" "$pg_port"; do
+  if port_in_use "$p"; then
+    echo "quickstart: port $p on 127.0.0.1 is in use; choose others, e.g. PORT=9080 PG_PORT=54339 $0" >&2
+    exit 1
+  fi
 done
-if [ -z "$pg_bin" ]; then
-  echo "quickstart: PostgreSQL server binaries (initdb, pg_ctl) not found; install them, e.g. apt-get install postgresql" >&2
+[ -n "${DELTARELAY_BIN:-}" ] || command -v cargo >/dev/null || { echo "quickstart: cargo not found; install Rust from your package manager or rustup" >&2; exit 1; }
+
+find_pg_bin() {
+  pg_bin=""
+  for candidate in "$(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/x)")" /usr/lib/postgresql/*/bin; do
+    if [ -x "$candidate/initdb" ] && [ -x "$candidate/pg_ctl" ]; then pg_bin=$candidate; break; fi
+  done
+}
+find_pg_bin
+if [ -z "$pg_bin" ] || ! command -v psql >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing PostgreSQL (apt-get install postgresql)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    find_pg_bin
+  fi
+fi
+if [ -z "$pg_bin" ] || ! command -v psql >/dev/null; then
+  echo "quickstart: PostgreSQL (initdb, pg_ctl, psql) not found; install it, e.g. sudo apt-get install postgresql" >&2
   exit 1
 fi
 
-echo "==> building deltarelay (release)"
-cargo build --release --quiet
+if [ -n "${DELTARELAY_BIN:-}" ]; then
+  relay_bin=$DELTARELAY_BIN   # a binary built already (the tests use this)
+else
+  echo "==> building deltarelay ($build)"
+  if [ "$build" = release ]; then
+    cargo build --release --quiet
+  else
+    cargo build --quiet
+  fi
+  relay_bin="$target_dir/$build/deltarelay"
+fi
 
 work=$(mktemp -d /tmp/deltarelay-quickstart.XXXXXX)
 chmod 755 "$work"
@@ -73,6 +109,7 @@ mkdir -p "$work/log"
 cat >"$work/deltarelay.toml" <<CONF
 [http]
 listen = "127.0.0.1:$http_port"
+console = true
 
 [log]
 dir = "$work/log"
@@ -101,14 +138,36 @@ CONF
 ) &
 writer_pid=$!
 
+"$relay_bin" run --config "$work/deltarelay.toml" &
+relay_pid=$!
+
+# Wait for /readyz (bash's /dev/tcp: no curl needed).
+ready() {
+  exec 3<>"/dev/tcp/127.0.0.1/$http_port" || return 1
+  printf 'GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+  local status
+  read -r status <&3 || true
+  exec 3>&- 3<&-
+  [[ $status == *" 200 "* ]]
+}
+for _ in $(seq 1 300); do
+  ready 2>/dev/null && break
+  kill -0 "$relay_pid" 2>/dev/null || { echo "quickstart: the relay exited; see the messages above" >&2; exit 1; }
+  sleep 0.2
+done
+
 cat <<TXT
-==> deltarelay is starting on http://127.0.0.1:$http_port (config: $work/deltarelay.toml)
-    Try, in another terminal:
+
+==> deltarelay is running. Open the live console in a browser:
+
+      http://127.0.0.1:$http_port/
+
+    A writer changes public.todos every two seconds. In another terminal, try:
       curl -s 'http://127.0.0.1:$http_port/v1/changes?since=0'
       curl -N  'http://127.0.0.1:$http_port/v1/stream'
       psql -h 127.0.0.1 -p $pg_port -U postgres app      # make your own changes
-    Ctrl-C stops everything.
+    Config: $work/deltarelay.toml
+    Ctrl-C stops everything and removes $work.
+
 TXT
-./target/release/deltarelay run --config "$work/deltarelay.toml" &
-relay_pid=$!
 wait "$relay_pid"
