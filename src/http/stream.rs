@@ -223,12 +223,14 @@ impl Out {
         self.buf.len() >= CHUNK_BYTES
     }
 
+    /// Hands the whole buffer over. Leaving nothing behind (rather than the unused rest of the
+    /// allocation, as `split` would) is what keeps an idle live stream at a few hundred bytes.
     fn take(&mut self) -> Bytes {
         if self.sent > 0 {
             metrics::counter!(telemetry::SSE_EVENTS_SENT).increment(self.sent);
             self.sent = 0;
         }
-        self.buf.split().freeze()
+        std::mem::take(&mut self.buf).freeze()
     }
 }
 
@@ -270,7 +272,9 @@ fn events(
                 // much more than it sends.
                 let mut behind = false;
                 let mut limit = REPLAY_PAGE;
-                out.reserve_chunk();
+                if !current.entries.is_empty() {
+                    out.reserve_chunk();
+                }
                 for (taken, entry) in current.entries.iter().enumerate() {
                     out.change(entry.seq, &entry.record);
                     pos = entry.seq;
