@@ -272,11 +272,8 @@ async fn write(url: String, written: Arc<Written>, seed: u64) {
     let mut pending: Option<String> = None;
     let mut last = 0;
     while !written.stop.load(Ordering::SeqCst) {
-        let client = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-            Ok((client, connection)) => {
-                tokio::spawn(connection);
-                client
-            }
+        let client = match common::pg::connect(&url).await {
+            Ok(client) => client,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;

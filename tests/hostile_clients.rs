@@ -249,10 +249,7 @@ fn run(load: Load) -> Figures {
 /// About 100 rows a second in 50 transactions, each row carrying its send time, then a
 /// marker row once told to stop.
 async fn write(url: String, epoch: Instant, phase: Arc<Phase>) {
-    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let db = common::pg::connect(&url).await.unwrap();
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     let mut id = 100_000i64;
     while !phase.stop.load(Ordering::SeqCst) {

@@ -206,10 +206,7 @@ async fn fifty_sse_clients_join_during_a_write_load_and_build_the_database_state
     let (mut relay, addr) = start_ready_relay(&pg.url("app"), dir.path(), &["public.items"]);
 
     // The writer: transactions of 1..=20 statements over `keys` keys.
-    let (db, connection) = tokio_postgres::connect(&pg.url("app"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let db = common::pg::connect(&pg.url("app")).await.unwrap();
     let written = Arc::new(AtomicUsize::new(0));
     let writer_done = Arc::new(AtomicBool::new(false));
     let writer = {

@@ -91,10 +91,7 @@ async fn a_client_stalled_for_a_minute_under_postgres_load() {
         }));
     }
 
-    let (db, connection) = tokio_postgres::connect(&pg.url("app"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let db = common::pg::connect(&pg.url("app")).await.unwrap();
     let payload = "x".repeat(500);
     let rss_start = rss_kib(pid);
     let mut rss_middle = 0;

@@ -50,10 +50,7 @@ async fn open_streams(addr: SocketAddr, n: usize) -> Vec<tokio::task::JoinHandle
 
 /// Inserts one row per transaction until `stop`; returns the ids committed.
 async fn writer(url: String, stop: Arc<AtomicBool>) -> Vec<i32> {
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = common::pg::connect(&url).await.unwrap();
     let mut committed = Vec::new();
     let mut id = 1_000;
     while !stop.load(Ordering::Relaxed) {

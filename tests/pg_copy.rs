@@ -32,10 +32,7 @@ async fn write_load(
     stop: Arc<AtomicBool>,
     seed: u64,
 ) -> u64 {
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = common::pg::connect(&url).await.unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut committed = 0;
     while !stop.load(Ordering::Relaxed) {

@@ -229,11 +229,8 @@ fn an_idle_slot_keeps_advancing_while_unpublished_tables_are_written() {
 async fn write_history(url: String, count: i64) {
     let mut next = 1;
     while next <= count {
-        let client = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-            Ok((client, connection)) => {
-                tokio::spawn(connection);
-                client
-            }
+        let client = match common::pg::connect(&url).await {
+            Ok(client) => client,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
