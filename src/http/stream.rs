@@ -392,3 +392,27 @@ enum Wake {
     Live(Result<Arc<Committed>, RecvError>),
     Quiet,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle live stream must hold no output buffer: `take` hands over the whole
+    /// allocation, not just the written part (which would keep the rest alive with it).
+    #[test]
+    fn take_leaves_no_buffer_behind() {
+        let mut out = Out {
+            buf: BytesMut::new(),
+            epoch: 7,
+            sent: 0,
+        };
+        out.reserve_chunk();
+        out.change(42, r#"{"op":"insert"}"#);
+        let chunk = out.take();
+        assert_eq!(
+            &chunk[..],
+            b"id: 7-42\nevent: change\ndata: {\"op\":\"insert\"}\n\n"
+        );
+        assert_eq!(out.buf.capacity(), 0, "the stream kept part of the buffer");
+    }
+}
