@@ -7,6 +7,12 @@ use deltarelay::source::postgres::catalog;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc malloc: the log writer frees what the source task allocated, and
+/// glibc serializes such cross-thread frees on its arena locks (11 % of the writer's time in
+/// futex waits, see docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXAMPLES: &str = "\
 Examples:
   deltarelay check --config /etc/deltarelay/deltarelay.toml

@@ -86,10 +86,36 @@ pub struct ChangeRecord {
     pub tx: TxInfo,
 }
 
+/// A [`ChangeRecord`] borrowed from its parts, so that the log writer serializes a record without
+/// copying them. Same fields, order and attributes as `ChangeRecord`, hence the same JSON.
+#[derive(Serialize)]
+pub struct ChangeRecordRef<'a> {
+    pub cursor: &'a str,
+    pub source: &'a str,
+    pub collection: &'a str,
+    pub op: Op,
+    pub key: Option<&'a Row>,
+    pub after: Option<&'a Row>,
+    pub before: Option<&'a Row>,
+    pub changed: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub unchanged: &'a [String],
+    pub commit_time: &'a str,
+    pub tx: TxInfoRef<'a>,
+}
+
+/// `tx` of a [`ChangeRecordRef`].
+#[derive(Serialize)]
+pub struct TxInfoRef<'a> {
+    pub id: &'a str,
+    pub position: &'a str,
+}
+
 /// The canonical text of a key, used by the log to find a key's entry. Column order is the
 /// source's (stable per table), so equal keys give equal text.
 pub fn key_text(key: &Row) -> String {
-    Value::Object(key.clone()).to_string()
+    // A map serializes exactly as the object holding it, without cloning it into a Value.
+    serde_json::to_string(key).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -122,6 +148,56 @@ mod tests {
         );
         let back: ChangeRecord = serde_json::from_str(&text).unwrap();
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn the_borrowed_record_serializes_like_the_owned_one() {
+        let row = |v: Value| v.as_object().cloned();
+        let owned = ChangeRecord {
+            cursor: "7-9".into(),
+            source: "app_pg".into(),
+            collection: "public.docs".into(),
+            op: Op::Update,
+            key: row(json!({"id": 1})),
+            after: row(json!({"id": 1, "title": "a \"quoted\" é"})),
+            before: row(json!({"id": 1, "title": "b"})),
+            changed: Some(vec!["title".into()]),
+            unchanged: vec!["body".into()],
+            commit_time: "2025-01-15T11:00:00.123456Z".into(),
+            tx: TxInfo {
+                id: "771".into(),
+                position: "0/16B3748".into(),
+            },
+        };
+        let borrowed = |record: &ChangeRecord| {
+            serde_json::to_string(&ChangeRecordRef {
+                cursor: &record.cursor,
+                source: &record.source,
+                collection: &record.collection,
+                op: record.op,
+                key: record.key.as_ref(),
+                after: record.after.as_ref(),
+                before: record.before.as_ref(),
+                changed: record.changed.as_deref(),
+                unchanged: &record.unchanged,
+                commit_time: &record.commit_time,
+                tx: TxInfoRef {
+                    id: &record.tx.id,
+                    position: &record.tx.position,
+                },
+            })
+            .unwrap()
+        };
+        assert_eq!(borrowed(&owned), serde_json::to_string(&owned).unwrap());
+        let sparse = ChangeRecord {
+            op: Op::Delete,
+            after: None,
+            before: None,
+            changed: None,
+            unchanged: vec![],
+            ..owned
+        };
+        assert_eq!(borrowed(&sparse), serde_json::to_string(&sparse).unwrap());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! writing overlap. A source takes a [`LogTxn`] (one writer at a time), streams changes into it
 //! and commits it with its new position; only then does it acknowledge upstream.
 
+pub mod checkpoint;
 pub mod cursor;
 pub mod reader;
 pub mod retention;
@@ -56,11 +57,15 @@ fn describe_sqlite(error: &rusqlite::Error) -> String {
 /// Batches of changes in flight to the writer thread: bounds memory when the writer is slower
 /// than the source.
 const COMMAND_QUEUE: usize = 16;
+/// A [`LogTxn`] gathers this many changes (of one or many upstream transactions) before it hands
+/// them to the writer thread: one message and one wake-up per batch, not per transaction.
+const APPEND_BATCH: usize = 1000;
 const COMMITTED_BROADCAST: usize = 1024;
 
 enum Command {
     Begin,
-    Append(Arc<TxMeta>, Vec<Change>),
+    /// Changes of one or more upstream transactions, in commit order.
+    Append(Vec<(Arc<TxMeta>, Vec<Change>)>),
     AppendCopied {
         tx: Arc<TxMeta>,
         changes: Vec<Change>,
@@ -112,9 +117,10 @@ impl Log {
         let (committed, _) = broadcast::channel(COMMITTED_BROADCAST);
         let (head_tx, head) = watch::channel(writer.head_seq());
         let announce = committed.clone();
+        let checkpointer = checkpoint::Checkpointer::start(dir)?;
         std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || run_writer(writer, receiver, announce, head_tx))
+            .spawn(move || run_writer(writer, receiver, announce, head_tx, checkpointer))
             .map_err(|source| LogError::Dir {
                 dir: dir.to_path_buf(),
                 source,
@@ -180,6 +186,8 @@ impl Log {
             _guard: guard,
             commands: self.commands.clone(),
             appended: 0,
+            gathered: Vec::new(),
+            gathered_changes: 0,
         })
     }
 
@@ -211,14 +219,38 @@ pub struct LogTxn {
     _guard: OwnedMutexGuard<()>,
     commands: mpsc::Sender<Command>,
     appended: usize,
+    /// Appends not yet sent to the writer (fewer than [`APPEND_BATCH`] changes).
+    gathered: Vec<(Arc<TxMeta>, Vec<Change>)>,
+    gathered_changes: usize,
 }
 
 impl LogTxn {
     /// Queues changes of upstream transaction `tx`. Errors surface at [`LogTxn::commit`].
     pub async fn append(&mut self, tx: Arc<TxMeta>, changes: Vec<Change>) -> Result<(), LogError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         self.appended += changes.len();
+        self.gathered_changes += changes.len();
+        match self.gathered.last_mut() {
+            Some((last, gathered)) if Arc::ptr_eq(last, &tx) => gathered.extend(changes),
+            _ => self.gathered.push((tx, changes)),
+        }
+        if self.gathered_changes >= APPEND_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the gathered appends to the writer (before anything that must follow them).
+    async fn flush(&mut self) -> Result<(), LogError> {
+        if self.gathered.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.gathered);
+        self.gathered_changes = 0;
         self.commands
-            .send(Command::Append(tx, changes))
+            .send(Command::Append(batch))
             .await
             .map_err(|_| LogError::Stopped)
     }
@@ -231,6 +263,7 @@ impl LogTxn {
         changes: Vec<Change>,
         floor: u64,
     ) -> Result<(), LogError> {
+        self.flush().await?;
         self.appended += changes.len();
         self.commands
             .send(Command::AppendCopied { tx, changes, floor })
@@ -240,6 +273,7 @@ impl LogTxn {
 
     /// Queues the removal of every entry of `collection` (a table no longer synced).
     pub async fn remove_collection(&mut self, collection: &str) -> Result<(), LogError> {
+        self.flush().await?;
         self.commands
             .send(Command::RemoveCollection(collection.to_string()))
             .await
@@ -252,7 +286,12 @@ impl LogTxn {
     }
 
     /// Stores `position` for `source` with everything appended, durably.
-    pub async fn commit(self, source: &str, position: String) -> Result<Arc<Committed>, LogError> {
+    pub async fn commit(
+        mut self,
+        source: &str,
+        position: String,
+    ) -> Result<Arc<Committed>, LogError> {
+        self.flush().await?;
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Commit {
@@ -275,6 +314,7 @@ fn run_writer(
     mut commands: mpsc::Receiver<Command>,
     committed: broadcast::Sender<Arc<Committed>>,
     head: watch::Sender<u64>,
+    checkpointer: checkpoint::Checkpointer,
 ) {
     // The first error of a local transaction; later appends are ignored and commit reports it.
     let mut failed: Option<LogError> = None;
@@ -284,15 +324,17 @@ fn run_writer(
                 writer.rollback();
                 failed = None;
             }
-            Command::Append(tx, changes) => {
+            Command::Append(batch) => {
                 if failed.is_some() {
                     continue;
                 }
-                for change in changes {
-                    if let Err(e) = writer.append(&tx, change) {
-                        writer.rollback();
-                        failed = Some(e);
-                        break;
+                'batch: for (tx, changes) in batch {
+                    for change in changes {
+                        if let Err(e) = writer.append(&tx, change) {
+                            writer.rollback();
+                            failed = Some(e);
+                            break 'batch;
+                        }
                     }
                 }
             }
@@ -337,6 +379,7 @@ fn run_writer(
                     None => writer.commit(&source, &position).map(Arc::new),
                 };
                 if let Ok(done) = &result {
+                    checkpointer.wake();
                     head.send_replace(done.last_seq);
                     // No subscribers is fine.
                     let _ = committed.send(done.clone());

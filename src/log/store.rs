@@ -79,14 +79,38 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 /// Opens (creating if needed) the log for writing. WAL mode lets readers work beside the one
 /// writer; `synchronous = FULL` makes a commit durable before we acknowledge upstream.
 pub fn open_for_writing(dir: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(log_path(dir))?;
+    // NO_MUTEX: only the writer thread ever uses this connection, so SQLite's own locking
+    // per call is pure cost.
+    let conn = Connection::open_with_flags(
+        log_path(dir),
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "cache_size", -32_000)?; // KiB: bounded page cache
-    conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+                                                      // Checkpoints normally run on their own thread (checkpoint.rs); this is the valve that
+                                                      // bounds the WAL (64 MiB of 4 KiB pages) when that thread cannot keep up.
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
     conn.execute_batch(SCHEMA)?;
     migrate(&conn)?;
+    Ok(conn)
+}
+
+/// SQLite's own checkpoint inside the writer's commit, once the WAL holds this many pages.
+pub const WRITER_AUTOCHECKPOINT_PAGES: i64 = 16_000;
+
+/// Opens the log for the checkpoint thread: read-write (a checkpoint writes the database file)
+/// but never used for transactions.
+pub fn open_for_checkpoints(dir: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        log_path(dir),
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
 }
 

@@ -6,7 +6,7 @@ use super::cursor::Cursor;
 use super::scope::{self, ScopeColumns};
 use super::store;
 use super::LogError;
-use crate::record::{key_text, Change, ChangeRecord, Op, Row, TxInfo, TxMeta};
+use crate::record::{key_text, Change, ChangeRecord, ChangeRecordRef, Op, Row, TxInfoRef, TxMeta};
 use rusqlite::{params, Connection};
 use std::collections::HashMap;
 use std::path::Path;
@@ -394,49 +394,60 @@ impl LogWriter {
             }
         };
         let key = entry.key.as_ref().map(key_text).unwrap_or_default();
-        let record = ChangeRecord {
-            cursor: Cursor {
-                epoch: self.epoch,
-                seq,
-            }
-            .to_string(),
-            source: tx.source.to_string(),
-            collection: entry.collection,
+        let cursor = Cursor {
+            epoch: self.epoch,
+            seq,
+        }
+        .to_string();
+        let record = ChangeRecordRef {
+            cursor: &cursor,
+            source: &tx.source,
+            collection: &entry.collection,
             op: entry.op,
-            key: entry.key,
-            after: entry.after,
-            before: entry.before,
-            changed: entry.changed,
-            unchanged: entry.unchanged,
-            commit_time: tx.commit_time.clone(),
-            tx: TxInfo {
-                id: tx.id.clone(),
-                position: tx.position.clone(),
+            key: entry.key.as_ref(),
+            after: entry.after.as_ref(),
+            before: entry.before.as_ref(),
+            changed: entry.changed.as_deref(),
+            unchanged: &entry.unchanged,
+            commit_time: &tx.commit_time,
+            tx: TxInfoRef {
+                id: &tx.id,
+                position: &tx.position,
             },
         };
         let json: Arc<str> = serde_json::to_string(&record)?.into();
-        self.conn
-            .prepare_cached(
-                "INSERT OR REPLACE INTO entries (seq, txn, collection, key, op, commit_time, record, source, scope)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?
-            .execute(params![
-                seq as i64,
-                txn as i64,
-                record.collection,
-                key,
-                record.op.as_str(),
-                record.commit_time,
-                &*json,
-                record.source,
-                entry.scope,
-            ])?;
+        // Compaction: the key's earlier entry in this scope goes. A DELETE and a plain INSERT
+        // rather than INSERT OR REPLACE, which may touch two rows and so makes SQLite keep a
+        // statement journal of every page it changes. An insert usually has no earlier entry,
+        // so it tries the INSERT first and deletes only if the unique index says there is one
+        // (SQLite checks constraints before writing, so the failed attempt changed nothing).
+        let stored = StoredColumns {
+            seq,
+            txn,
+            collection: &record.collection,
+            key: &key,
+            op: record.op,
+            commit_time: &record.commit_time,
+            record: &json,
+            source: &record.source,
+            scope: &entry.scope,
+        };
+        if record.op != Op::Insert {
+            stored.delete_earlier(&self.conn)?;
+            stored.insert(&self.conn)?;
+        } else if let Err(e) = stored.insert(&self.conn) {
+            if e.sqlite_error_code() != Some(rusqlite::ErrorCode::ConstraintViolation) {
+                return Err(e.into());
+            }
+            stored.delete_earlier(&self.conn)?;
+            stored.insert(&self.conn)?;
+        }
         open.remember_for_broadcast(
             StoredRecord {
                 seq,
                 txn,
-                collection: record.collection,
-                op: record.op,
+                collection: entry.collection,
+                op: entry.op,
                 scope: entry.scope,
                 json,
             },
@@ -521,6 +532,47 @@ impl OpenTxn {
             list[previous] = None;
         }
         list.push(Some(Arc::new(record)));
+    }
+}
+
+/// The columns of one `entries` row, borrowed from the record being written.
+struct StoredColumns<'a> {
+    seq: u64,
+    txn: u64,
+    collection: &'a str,
+    key: &'a str,
+    op: Op,
+    commit_time: &'a str,
+    record: &'a str,
+    source: &'a str,
+    scope: &'a str,
+}
+
+impl StoredColumns<'_> {
+    fn insert(&self, conn: &Connection) -> rusqlite::Result<usize> {
+        conn.prepare_cached(
+            "INSERT INTO entries (seq, txn, collection, key, op, commit_time, record, source, scope)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            self.seq as i64,
+            self.txn as i64,
+            self.collection,
+            self.key,
+            self.op.as_str(),
+            self.commit_time,
+            self.record,
+            self.source,
+            self.scope,
+        ])
+    }
+
+    /// Removes the key's entry in this scope, if any.
+    fn delete_earlier(&self, conn: &Connection) -> rusqlite::Result<usize> {
+        conn.prepare_cached(
+            "DELETE FROM entries WHERE collection = ?1 AND key = ?2 AND scope = ?3",
+        )?
+        .execute(params![self.collection, self.key, self.scope])
     }
 }
 
