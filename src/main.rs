@@ -13,6 +13,21 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc asks for transparent huge pages on its arenas, which makes every idle SSE connection
+/// cost ~29 KiB of resident memory instead of ~17 KiB (fan-out benchmark). Turning THP off for
+/// the process is what mimalloc itself does with `MIMALLOC_ALLOW_THP=0`.
+#[cfg(target_os = "linux")]
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and only sets a flag on this process.
+    let done = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if done != 0 {
+        eprintln!("note: cannot turn off transparent huge pages; memory use may be higher");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn disable_transparent_huge_pages() {}
+
 const EXAMPLES: &str = "\
 Examples:
   deltarelay check --config /etc/deltarelay/deltarelay.toml
@@ -67,6 +82,7 @@ enum SlotAction {
 }
 
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
