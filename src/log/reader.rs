@@ -296,11 +296,16 @@ impl LogReader {
             arm("", "", vec![collection.clone().into()]);
         }
         for (collection, scope) in &rules.scoped {
-            arm(
-                "",
-                " AND scope = ?",
-                vec![collection.clone().into(), scope.clone().into()],
-            );
+            if scope.is_empty() {
+                // Not in the scope index (it holds scope != '' only): walk the collection.
+                arm("", " AND scope = ''", vec![collection.clone().into()]);
+            } else {
+                arm(
+                    " INDEXED BY entries_by_scope",
+                    " AND scope = ? AND scope != ''",
+                    vec![collection.clone().into(), scope.clone().into()],
+                );
+            }
             // The collection's truncate (key '') concerns every scope. Left to itself SQLite
             // walks (collection, seq) and tests every entry's key, a scan of the collection
             // per page; the (collection, key) prefix finds the few truncates directly.

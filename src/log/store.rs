@@ -64,6 +64,18 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute_batch(&format!("BEGIN; {add}; {fill}; COMMIT;"))?;
         }
     }
+    // The scope index holds scoped entries only (scope != ''), so that a log without row
+    // scopes pays for two indexes per entry, not three; an older log's full index is rebuilt.
+    let scope_index: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'entries_by_scope'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if scope_index.is_some_and(|sql| !sql.contains("WHERE")) {
+        conn.execute_batch("DROP INDEX entries_by_scope")?;
+    }
     // No index on `source`: only a source reset reads by it, and that is rare enough to scan.
     // Compaction by (collection, key, scope) instead of (collection, key); indexes for scoped
     // and per-collection reads.
@@ -71,7 +83,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         "DROP INDEX IF EXISTS entries_by_source;
          DROP INDEX IF EXISTS entries_by_key;
          CREATE UNIQUE INDEX IF NOT EXISTS entries_by_scoped_key ON entries (collection, key, scope);
-         CREATE INDEX IF NOT EXISTS entries_by_scope ON entries (collection, scope, seq);
+         CREATE INDEX IF NOT EXISTS entries_by_scope ON entries (collection, scope, seq) WHERE scope != '';
          CREATE INDEX IF NOT EXISTS entries_by_collection ON entries (collection, seq);",
     )
 }
@@ -146,4 +158,37 @@ pub fn position(conn: &Connection, source: &str) -> rusqlite::Result<Option<Stri
     conn.prepare_cached("SELECT position FROM positions WHERE source = ?1")?
         .query_row([source], |row| row.get(0))
         .optional()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope_index_sql(conn: &Connection) -> String {
+        conn.query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'entries_by_scope'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_older_full_scope_index_becomes_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_for_writing(dir.path()).unwrap();
+        assert!(scope_index_sql(&conn).ends_with("WHERE scope != ''"));
+        conn.execute_batch(
+            "DROP INDEX entries_by_scope;
+             CREATE INDEX entries_by_scope ON entries (collection, scope, seq);",
+        )
+        .unwrap();
+        drop(conn);
+        let conn = open_for_writing(dir.path()).unwrap();
+        assert!(
+            scope_index_sql(&conn).ends_with("WHERE scope != ''"),
+            "{}",
+            scope_index_sql(&conn)
+        );
+    }
 }
