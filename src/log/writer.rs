@@ -424,12 +424,12 @@ impl LogWriter {
         let stored = StoredColumns {
             seq,
             txn,
-            collection: &record.collection,
+            collection: record.collection,
             key: &key,
             op: record.op,
-            commit_time: &record.commit_time,
+            commit_time: record.commit_time,
             record: &json,
-            source: &record.source,
+            source: record.source,
             scope: &entry.scope,
         };
         if record.op != Op::Insert {
