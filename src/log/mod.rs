@@ -525,6 +525,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn gathered_appends_keep_their_order_with_other_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let mut txn = log.begin().await.unwrap();
+        // Fewer than a batch: still gathered when remove_collection comes, which must apply
+        // after them (and so remove them).
+        txn.append(tx("1"), vec![upsert(Op::Insert, 1, json!({"id": 1}))])
+            .await
+            .unwrap();
+        txn.remove_collection("public.t").await.unwrap();
+        txn.append(tx("2"), vec![upsert(Op::Insert, 2, json!({"id": 2}))])
+            .await
+            .unwrap();
+        txn.commit("pg", "2".into()).await.unwrap();
+        let ids: Vec<_> = read_all(&log)
+            .iter()
+            .map(|r| r.key.clone().unwrap()["id"].clone())
+            .collect();
+        assert_eq!(ids, vec![json!(2)]);
+    }
+
+    #[tokio::test]
+    async fn many_small_transactions_in_one_commit_keep_their_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let mut txn = log.begin().await.unwrap();
+        // 2,500 one-row upstream transactions: gathered into batches that span transactions.
+        for id in 1..=2500 {
+            txn.append(
+                tx(&id.to_string()),
+                vec![upsert(Op::Insert, id, json!({"id": id}))],
+            )
+            .await
+            .unwrap();
+        }
+        let committed = txn.commit("pg", "2500".into()).await.unwrap();
+        assert_eq!((committed.after_seq, committed.last_seq), (0, 2500));
+        let entries = log.reader().unwrap().entries_after(0, 10_000).unwrap();
+        assert_eq!(entries.len(), 2500);
+        for (i, entry) in entries.iter().enumerate() {
+            // Each upstream transaction is its own group (txn = its first seq).
+            assert_eq!((entry.seq, entry.txn), (i as u64 + 1, i as u64 + 1));
+            let record: ChangeRecord = serde_json::from_str(&entry.record).unwrap();
+            assert_eq!(record.tx.id, (i + 1).to_string());
+        }
+    }
+
+    #[tokio::test]
     async fn keeps_the_latest_entry_per_key_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path()).unwrap();
