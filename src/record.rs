@@ -114,8 +114,9 @@ pub struct TxInfoRef<'a> {
 /// The canonical text of a key, used by the log to find a key's entry. Column order is the
 /// source's (stable per table), so equal keys give equal text.
 pub fn key_text(key: &Row) -> String {
-    // A map serializes exactly as the object holding it, without cloning it into a Value.
-    serde_json::to_string(key).unwrap_or_default()
+    // A map serializes exactly as the object holding it, without cloning it into a Value. It
+    // cannot fail (string keys, JSON values); were it to, the clone gives the same text.
+    serde_json::to_string(key).unwrap_or_else(|_| Value::Object(key.clone()).to_string())
 }
 
 #[cfg(test)]

@@ -103,9 +103,10 @@ pub fn open_for_writing(dir: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "cache_size", -32_000)?; // KiB: bounded page cache
-                                                      // Checkpoints normally run on their own thread (checkpoint.rs); this is the valve that
-                                                      // bounds the WAL (64 MiB of 4 KiB pages) when that thread cannot keep up.
+    // KiB: a bounded page cache.
+    conn.pragma_update(None, "cache_size", -32_000)?;
+    // Checkpoints normally run on their own thread (checkpoint.rs); this is the valve that
+    // bounds the WAL (64 MiB of 4 KiB pages) when that thread cannot keep up.
     conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
     conn.execute_batch(SCHEMA)?;
     migrate(&conn)?;
