@@ -11,6 +11,7 @@ pub mod console;
 mod error;
 pub mod params;
 mod pool;
+mod server;
 mod status;
 mod stream;
 pub mod telemetry;
@@ -32,7 +33,7 @@ use pool::ReaderPool;
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// What every handler can reach.
@@ -244,26 +245,9 @@ pub async fn serve_with(
 pub async fn serve_router(
     listener: TcpListener,
     app: Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(no_delay(listener), app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
-}
-
-/// Sets `TCP_NODELAY` on every accepted connection. A live SSE event is one small write; with
-/// Nagle's algorithm a small write waits until the previous one is acknowledged, and clients
-/// delay acknowledgements by up to 40 ms, which showed as a 40 ms p99 in `benches/latency.rs`.
-fn no_delay(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut TcpStream)> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|tcp: &mut TcpStream| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
-        }
-    })
+    server::serve(listener, app, shutdown).await
 }
 
 /// Counts requests by route and status.
@@ -277,21 +261,4 @@ async fn count_requests(request: Request<axum::body::Body>, next: Next) -> Respo
     metrics::counter!(telemetry::HTTP_REQUESTS, "route" => route, "status" => response.status().as_str().to_owned())
         .increment(1);
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::serve::Listener;
-
-    #[tokio::test]
-    async fn accepted_connections_do_not_wait_for_acknowledgements() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut listener = no_delay(listener);
-        let client = tokio::spawn(TcpStream::connect(addr));
-        let (accepted, _) = listener.accept().await;
-        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY is set");
-        client.await.unwrap().unwrap();
-    }
 }
