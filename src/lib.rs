@@ -12,4 +12,5 @@ pub mod log;
 pub mod record;
 pub mod relay;
 pub mod source;
+pub mod sse;
 pub mod systemd;

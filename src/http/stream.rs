@@ -21,6 +21,7 @@ use super::params::{self, RawParams, Since};
 use super::{check_snapshot, telemetry, SharedState};
 use crate::log::reader::{Page, ReadFrom, RowFilter};
 use crate::log::Committed;
+use crate::sse::{self, ChangeEvent};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Query, State};
@@ -194,43 +195,91 @@ fn chunk(bytes: Bytes, permit: Option<OwnedSemaphorePermit>) -> Bytes {
     }
 }
 
-/// The event stream's output buffer.
+/// The event stream's output: what is gathered for the next chunk.
 struct Out {
     buf: BytesMut,
+    /// A live event shared with every other subscriber, held as is while it is the only thing
+    /// to send (the usual case for a live commit), so that it is sent without a copy.
+    shared: Option<Bytes>,
     epoch: u32,
+    /// Events gathered since the last `take`, and the counter they are added to (looked up
+    /// once per stream rather than by name for every chunk).
     sent: u64,
+    events_sent: metrics::Counter,
 }
 
 impl Out {
+    fn new(epoch: u32) -> Out {
+        Out {
+            buf: BytesMut::new(),
+            shared: None,
+            epoch,
+            sent: 0,
+            events_sent: metrics::counter!(telemetry::SSE_EVENTS_SENT),
+        }
+    }
+
+    /// A change read from the log (replay and catch-up).
     fn change(&mut self, seq: u64, json: &str) {
-        self.buf.reserve(json.len() + 48);
-        self.buf.put_slice(b"id: ");
+        self.unshare();
+        let cursor = format!("{}-{}", self.epoch, seq);
         self.buf
-            .put_slice(format!("{}-{}", self.epoch, seq).as_bytes());
-        self.buf.put_slice(b"\nevent: change\ndata: ");
+            .reserve(json.len() + cursor.len() + sse::CHANGE_OVERHEAD);
+        sse::change_head(&mut self.buf, &cursor);
         self.buf.put_slice(json.as_bytes());
-        self.buf.put_slice(b"\n\n");
+        sse::change_end(&mut self.buf);
         self.sent += 1;
+    }
+
+    /// A change from the live broadcast, already framed by the log writer.
+    fn event(&mut self, event: &ChangeEvent) {
+        self.sent += 1;
+        if self.is_empty() {
+            self.shared = Some(event.bytes().clone());
+        } else {
+            self.put(event.bytes());
+        }
+    }
+
+    /// Anything else: the `retry` line, `ready`, comments.
+    fn put(&mut self, bytes: &[u8]) {
+        self.unshare();
+        self.buf.put_slice(bytes);
+    }
+
+    /// Moves a held shared event into the buffer, before something is added after it.
+    fn unshare(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            self.buf.put_slice(&shared);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.shared.is_none()
     }
 
     /// Room for a whole chunk at once, so that a replay chunk is one allocation of about
     /// CHUNK_BYTES rather than one grown by doubling. (Live events are small: they skip it.)
     fn reserve_chunk(&mut self) {
+        self.unshare();
         self.buf.reserve(CHUNK_BYTES + 8 * 1024);
     }
 
     fn full(&self) -> bool {
-        self.buf.len() >= CHUNK_BYTES
+        self.buf.len() + self.shared.as_ref().map_or(0, Bytes::len) >= CHUNK_BYTES
     }
 
-    /// Hands the whole buffer over. Leaving nothing behind (rather than the unused rest of the
+    /// Hands everything over. Leaving nothing behind (rather than the unused rest of the
     /// allocation, as `split` would) is what keeps an idle live stream at a few hundred bytes.
     fn take(&mut self) -> Bytes {
         if self.sent > 0 {
-            metrics::counter!(telemetry::SSE_EVENTS_SENT).increment(self.sent);
+            self.events_sent.increment(self.sent);
             self.sent = 0;
         }
-        std::mem::take(&mut self.buf).freeze()
+        match self.shared.take() {
+            Some(shared) => shared,
+            None => std::mem::take(&mut self.buf).freeze(),
+        }
     }
 }
 
@@ -244,8 +293,8 @@ fn events(
     async_stream::stream! {
         let shared = subscriber.shared.clone();
         let mut shutdown = shared.shutdown.clone();
-        let mut out = Out { buf: BytesMut::new(), epoch: shared.log().epoch(), sent: 0 };
-        out.buf.put_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
+        let mut out = Out::new(shared.log().epoch());
+        out.put(format!("retry: {RETRY_MS}\n\n").as_bytes());
 
         // `pos`: every matching entry with seq <= pos has been sent.
         let mut pos = start_seq;
@@ -308,7 +357,7 @@ fn events(
             }
             if !ready {
                 ready = true;
-                out.buf.put_slice(format!("id: {}-{}\nevent: ready\ndata: {{\"cursor\":\"{}-{}\"}}\n\n", out.epoch, pos, out.epoch, pos).as_bytes());
+                out.put(format!("id: {}-{}\nevent: ready\ndata: {{\"cursor\":\"{}-{}\"}}\n\n", out.epoch, pos, out.epoch, pos).as_bytes());
             }
             yield Ok(in_flight.track(out.take()).await);
 
@@ -345,13 +394,13 @@ fn events(
                             _ => break,
                         };
                         for record in records.iter().filter(|r| r.seq > pos && filter.allows(&r.collection, &r.scope, r.op)) {
-                            out.change(record.seq, &record.json);
+                            out.event(&record.event);
                             if out.full() {
                                 yield Ok(in_flight.track(out.take()).await);
                             }
                         }
                         pos = commit.last_seq;
-                        if !out.buf.is_empty() {
+                        if !out.is_empty() {
                             quiet_since = Instant::now();
                             yield Ok(in_flight.track(out.take()).await);
                         }
@@ -370,13 +419,13 @@ fn events(
             }
         }
         if overtaken {
-            out.buf.put_slice(b": the log was reset or purged past this stream's position; reconnect to start over\n\n");
+            out.put(b": the log was reset or purged past this stream's position; reconnect to start over\n\n");
         }
         if failed {
             // The client reconnects (EventSource does) and resumes from its last event.
-            out.buf.put_slice(b": the relay could not read its log; reconnect\n\n");
+            out.put(b": the relay could not read its log; reconnect\n\n");
         }
-        if !out.buf.is_empty() {
+        if !out.is_empty() {
             yield Ok(out.take());
         }
         drop(subscriber);
@@ -401,11 +450,7 @@ mod tests {
     /// allocation, not just the written part (which would keep the rest alive with it).
     #[test]
     fn take_leaves_no_buffer_behind() {
-        let mut out = Out {
-            buf: BytesMut::new(),
-            epoch: 7,
-            sent: 0,
-        };
+        let mut out = Out::new(7);
         out.reserve_chunk();
         out.change(42, r#"{"op":"insert"}"#);
         let chunk = out.take();
@@ -414,5 +459,47 @@ mod tests {
             b"id: 7-42\nevent: change\ndata: {\"op\":\"insert\"}\n\n"
         );
         assert_eq!(out.buf.capacity(), 0, "the stream kept part of the buffer");
+    }
+
+    fn live_event(seq: u64) -> ChangeEvent {
+        ChangeEvent::build::<()>(&format!("7-{seq}"), 0, |buf| {
+            buf.extend_from_slice(format!(r#"{{"seq":{seq}}}"#).as_bytes());
+            Ok(())
+        })
+        .unwrap()
+    }
+
+    /// A live commit's one event goes out as the very bytes the writer framed (shared by every
+    /// subscriber, not copied); anything around it is gathered in order.
+    #[test]
+    fn a_lone_live_event_is_sent_without_a_copy() {
+        let mut out = Out::new(7);
+        let first = live_event(1);
+        out.event(&first);
+        let chunk = out.take();
+        assert_eq!(
+            chunk.as_ptr(),
+            first.bytes().as_ptr(),
+            "the event was copied"
+        );
+        assert!(out.is_empty());
+
+        let second = live_event(2);
+        out.put(b": before\n\n");
+        out.event(&first);
+        out.event(&second);
+        out.put(b": after\n\n");
+        let mut expected = b": before\n\n".to_vec();
+        expected.extend_from_slice(first.bytes());
+        expected.extend_from_slice(second.bytes());
+        expected.extend_from_slice(b": after\n\n");
+        assert_eq!(&out.take()[..], &expected[..]);
+
+        out.event(&second);
+        out.change(3, r#"{"seq":3}"#);
+        let mut expected = second.bytes().to_vec();
+        expected.extend_from_slice(b"id: 7-3\nevent: change\ndata: {\"seq\":3}\n\n");
+        assert_eq!(&out.take()[..], &expected[..]);
+        assert!(out.is_empty());
     }
 }

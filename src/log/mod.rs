@@ -524,6 +524,36 @@ mod tests {
         assert_eq!((seqs(&tiny), tiny.has_more), (vec![1], true));
     }
 
+    /// Live subscribers send the writer's framing of each record: the event's id is the
+    /// record's cursor and its data is exactly the record the log stores.
+    #[tokio::test]
+    async fn broadcast_events_frame_the_stored_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let done = commit(
+            &log,
+            "1",
+            vec![
+                upsert(Op::Insert, 1, json!({"id": 1, "name": "ä \"quoted\"\n"})),
+                upsert(Op::Insert, 2, json!({"id": 2})),
+            ],
+        )
+        .await;
+        let stored = log.reader().unwrap().entries_after(0, 10).unwrap();
+        let broadcast = done.records.as_ref().unwrap();
+        assert_eq!(broadcast.len(), 2);
+        for (record, entry) in broadcast.iter().zip(&stored) {
+            let cursor = format!("{}-{}", log.epoch(), entry.seq);
+            assert_eq!(record.event.json(), entry.record.as_bytes());
+            assert_eq!(
+                &record.event.bytes()[..],
+                format!("id: {cursor}\nevent: change\ndata: {}\n\n", entry.record).as_bytes()
+            );
+            let parsed: ChangeRecord = serde_json::from_slice(record.event.json()).unwrap();
+            assert_eq!(parsed.cursor, cursor);
+        }
+    }
+
     #[tokio::test]
     async fn gathered_appends_keep_their_order_with_other_commands() {
         let dir = tempfile::tempdir().unwrap();

@@ -7,6 +7,7 @@ use super::scope::{self, ScopeColumns};
 use super::store;
 use super::LogError;
 use crate::record::{key_text, Change, ChangeRecord, ChangeRecordRef, Op, Row, TxInfoRef, TxMeta};
+use crate::sse::ChangeEvent;
 use rusqlite::{params, Connection};
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,7 +27,8 @@ pub struct StoredRecord {
     /// The entry's scope value (`''` when unscoped): live subscribers filter on it exactly as
     /// scoped reads of the log do.
     pub scope: String,
-    pub json: Arc<str>,
+    /// The record framed as the SSE event `/v1/stream` sends (its JSON is what the log stores).
+    pub event: ChangeEvent,
 }
 
 /// What one log commit made visible: entries with `after_seq < seq <= last_seq`.
@@ -50,6 +52,9 @@ pub struct LogWriter {
     open: Option<OpenTxn>,
     /// Collection → scope column, from the config.
     scopes: ScopeColumns,
+    /// The last record's JSON length: room to reserve for the next (records of a table are
+    /// alike), so that serializing one rarely grows its buffer.
+    record_size_hint: usize,
 }
 
 struct OpenTxn {
@@ -99,6 +104,7 @@ impl LogWriter {
             purged_seq,
             open: None,
             scopes,
+            record_size_hint: 0,
         })
     }
 
@@ -415,7 +421,13 @@ impl LogWriter {
                 position: &tx.position,
             },
         };
-        let json: Arc<str> = serde_json::to_string(&record)?.into();
+        // Serialized once, straight into the SSE event every live subscriber sends.
+        let event = ChangeEvent::build(&cursor, self.record_size_hint, |buf| {
+            serde_json::to_writer(buf, &record)
+        })?;
+        self.record_size_hint = event.json().len();
+        let json = std::str::from_utf8(event.json())
+            .map_err(|e| LogError::Invalid(format!("a serialized record is not UTF-8: {e}")))?;
         // Compaction: the key's earlier entry in this scope goes. A DELETE and a plain INSERT
         // rather than INSERT OR REPLACE, which may touch two rows and so makes SQLite keep a
         // statement journal of every page it changes. An insert usually has no earlier entry,
@@ -428,7 +440,7 @@ impl LogWriter {
             key: &key,
             op: record.op,
             commit_time: record.commit_time,
-            record: &json,
+            record: json,
             source: record.source,
             scope: &entry.scope,
         };
@@ -449,7 +461,7 @@ impl LogWriter {
                 collection: entry.collection,
                 op: entry.op,
                 scope: entry.scope,
-                json,
+                event,
             },
             key,
         );
