@@ -90,7 +90,10 @@ pub struct ChangeRecord {
 /// copying them. Same fields, order and attributes as `ChangeRecord`, hence the same JSON.
 #[derive(Serialize)]
 pub struct ChangeRecordRef<'a> {
-    pub cursor: &'a str,
+    /// `None` leaves the cursor out: a record serialized before its seq is known
+    /// (`log::prepared`), which the writer completes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<&'a str>,
     pub source: &'a str,
     pub collection: &'a str,
     pub op: Op,
@@ -172,7 +175,7 @@ mod tests {
         };
         let borrowed = |record: &ChangeRecord| {
             serde_json::to_string(&ChangeRecordRef {
-                cursor: &record.cursor,
+                cursor: Some(&record.cursor),
                 source: &record.source,
                 collection: &record.collection,
                 op: record.op,

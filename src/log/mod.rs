@@ -7,6 +7,8 @@
 //! and commits it with its new position; only then does it acknowledge upstream.
 
 pub mod checkpoint;
+mod prepared;
+use prepared::Pending;
 pub mod cursor;
 pub mod reader;
 pub mod retention;
@@ -65,7 +67,7 @@ const COMMITTED_BROADCAST: usize = 1024;
 enum Command {
     Begin,
     /// Changes of one or more upstream transactions, in commit order.
-    Append(Vec<(Arc<TxMeta>, Vec<Change>)>),
+    Append(Vec<(Arc<TxMeta>, Vec<Pending>)>),
     AppendCopied {
         tx: Arc<TxMeta>,
         changes: Vec<Change>,
@@ -101,6 +103,9 @@ pub struct Log {
     write_lock: Arc<Mutex<()>>,
     committed: broadcast::Sender<Arc<Committed>>,
     head: watch::Receiver<u64>,
+    /// The configured row-scope columns, as the writer has them: appends of collections
+    /// without one are serialized on the source's task ([`prepared`]).
+    scopes: Arc<scope::ScopeColumns>,
 }
 
 impl Log {
@@ -111,7 +116,7 @@ impl Log {
 
     /// Opens the log with the configured row-scope columns (collection → column).
     pub fn open_scoped(dir: &Path, scopes: scope::ScopeColumns) -> Result<Log, LogError> {
-        let writer = LogWriter::open_scoped(dir, scopes)?;
+        let writer = LogWriter::open_scoped(dir, scopes.clone())?;
         let epoch = writer.epoch();
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let (committed, _) = broadcast::channel(COMMITTED_BROADCAST);
@@ -132,6 +137,7 @@ impl Log {
             write_lock: Arc::new(Mutex::new(())),
             committed,
             head,
+            scopes: Arc::new(scopes),
         })
     }
 
@@ -188,6 +194,7 @@ impl Log {
             appended: 0,
             gathered: Vec::new(),
             gathered_changes: 0,
+            scopes: self.scopes.clone(),
         })
     }
 
@@ -220,8 +227,9 @@ pub struct LogTxn {
     commands: mpsc::Sender<Command>,
     appended: usize,
     /// Appends not yet sent to the writer (fewer than [`APPEND_BATCH`] changes).
-    gathered: Vec<(Arc<TxMeta>, Vec<Change>)>,
+    gathered: Vec<(Arc<TxMeta>, Vec<Pending>)>,
     gathered_changes: usize,
+    scopes: Arc<scope::ScopeColumns>,
 }
 
 impl LogTxn {
@@ -232,9 +240,15 @@ impl LogTxn {
         }
         self.appended += changes.len();
         self.gathered_changes += changes.len();
+        let pending = changes
+            .into_iter()
+            .map(|change| prepared::prepare(change, &tx, &self.scopes));
         match self.gathered.last_mut() {
-            Some((last, gathered)) if Arc::ptr_eq(last, &tx) => gathered.extend(changes),
-            _ => self.gathered.push((tx, changes)),
+            Some((last, gathered)) if Arc::ptr_eq(last, &tx) => gathered.extend(pending),
+            _ => {
+                let pending = pending.collect();
+                self.gathered.push((tx, pending));
+            }
         }
         if self.gathered_changes >= APPEND_BATCH {
             self.flush().await?;
@@ -330,7 +344,11 @@ fn run_writer(
                 }
                 'batch: for (tx, changes) in batch {
                     for change in changes {
-                        if let Err(e) = writer.append(&tx, change) {
+                        let appended = match change {
+                            Pending::Prepared(change) => writer.append_prepared(&tx, change),
+                            Pending::Raw(change) => writer.append(&tx, change),
+                        };
+                        if let Err(e) = appended {
                             writer.rollback();
                             failed = Some(e);
                             break 'batch;
@@ -552,6 +570,16 @@ mod tests {
             let parsed: ChangeRecord = serde_json::from_slice(record.event.json()).unwrap();
             assert_eq!(parsed.cursor, cursor);
         }
+        // Stored as text (it is bound from bytes), so that SQL and readers see strings.
+        let file = rusqlite::Connection::open(store::log_path(dir.path())).unwrap();
+        let types: Vec<String> = file
+            .prepare("SELECT DISTINCT typeof(record) FROM entries")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(types, vec!["text".to_string()]);
     }
 
     #[tokio::test]

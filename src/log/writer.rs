@@ -3,6 +3,7 @@
 //! own thread.
 
 use super::cursor::Cursor;
+use super::prepared::{self, PreparedChange};
 use super::scope::{self, ScopeColumns};
 use super::store;
 use super::LogError;
@@ -62,7 +63,7 @@ struct OpenTxn {
     last_tx: Option<(Arc<TxMeta>, u64)>,
     broadcast: Option<Vec<Option<Arc<StoredRecord>>>>,
     /// Where each (collection, key, scope) sits in `broadcast`, to drop superseded versions.
-    broadcast_index: HashMap<(String, String, String), usize>,
+    broadcast_index: HashMap<(String, String, String), usize, foldhash::fast::RandomState>,
 }
 
 impl LogWriter {
@@ -131,7 +132,7 @@ impl LogWriter {
                 next_seq: self.committed_seq + 1,
                 last_tx: None,
                 broadcast: Some(Vec::new()),
-                broadcast_index: HashMap::new(),
+                broadcast_index: HashMap::default(),
             });
         }
         Ok(())
@@ -386,6 +387,76 @@ impl LogWriter {
     }
 
     fn write(&mut self, tx: &Arc<TxMeta>, entry: Entry) -> Result<(), LogError> {
+        let Entry {
+            collection,
+            op,
+            key,
+            scope,
+            after,
+            before,
+            changed,
+            unchanged,
+        } = entry;
+        let key_text = key.as_ref().map(key_text).unwrap_or_default();
+        self.store(
+            tx,
+            collection,
+            op,
+            scope,
+            key_text,
+            |cursor, collection, buf| {
+                let record = ChangeRecordRef {
+                    cursor: Some(cursor),
+                    source: &tx.source,
+                    collection,
+                    op,
+                    key: key.as_ref(),
+                    after: after.as_ref(),
+                    before: before.as_ref(),
+                    changed: changed.as_deref(),
+                    unchanged: &unchanged,
+                    commit_time: &tx.commit_time,
+                    tx: TxInfoRef {
+                        id: &tx.id,
+                        position: &tx.position,
+                    },
+                };
+                serde_json::to_writer(buf, &record)
+            },
+        )
+    }
+
+    /// Appends a change serialized on the source's task ([`prepared`]): the writer only puts
+    /// the cursor in front of it.
+    pub fn append_prepared(
+        &mut self,
+        tx: &Arc<TxMeta>,
+        change: PreparedChange,
+    ) -> Result<(), LogError> {
+        self.ensure_open()?;
+        let PreparedChange {
+            collection,
+            op,
+            key,
+            body,
+        } = change;
+        self.store(tx, collection, op, String::new(), key, |cursor, _, buf| {
+            prepared::write_record(buf, cursor, &body);
+            Ok(())
+        })
+    }
+
+    /// Gives the next seq to the record `serialize` writes (given its cursor and collection),
+    /// stores it in place of the key's earlier entry in `scope`, and keeps it for broadcast.
+    fn store(
+        &mut self,
+        tx: &Arc<TxMeta>,
+        collection: String,
+        op: Op,
+        scope: String,
+        key: String,
+        serialize: impl FnOnce(&str, &str, &mut Vec<u8>) -> Result<(), serde_json::Error>,
+    ) -> Result<(), LogError> {
         let open = self
             .open
             .as_mut()
@@ -399,35 +470,16 @@ impl LogWriter {
                 seq
             }
         };
-        let key = entry.key.as_ref().map(key_text).unwrap_or_default();
         let cursor = Cursor {
             epoch: self.epoch,
             seq,
         }
         .to_string();
-        let record = ChangeRecordRef {
-            cursor: &cursor,
-            source: &tx.source,
-            collection: &entry.collection,
-            op: entry.op,
-            key: entry.key.as_ref(),
-            after: entry.after.as_ref(),
-            before: entry.before.as_ref(),
-            changed: entry.changed.as_deref(),
-            unchanged: &entry.unchanged,
-            commit_time: &tx.commit_time,
-            tx: TxInfoRef {
-                id: &tx.id,
-                position: &tx.position,
-            },
-        };
         // Serialized once, straight into the SSE event every live subscriber sends.
         let event = ChangeEvent::build(&cursor, self.record_size_hint, |buf| {
-            serde_json::to_writer(buf, &record)
+            serialize(&cursor, &collection, buf)
         })?;
         self.record_size_hint = event.json().len();
-        let json = std::str::from_utf8(event.json())
-            .map_err(|e| LogError::Invalid(format!("a serialized record is not UTF-8: {e}")))?;
         // Compaction: the key's earlier entry in this scope goes. A DELETE and a plain INSERT
         // rather than INSERT OR REPLACE, which may touch two rows and so makes SQLite keep a
         // statement journal of every page it changes. An insert usually has no earlier entry,
@@ -436,15 +488,15 @@ impl LogWriter {
         let stored = StoredColumns {
             seq,
             txn,
-            collection: record.collection,
+            collection: &collection,
             key: &key,
-            op: record.op,
-            commit_time: record.commit_time,
-            record: json,
-            source: record.source,
-            scope: &entry.scope,
+            op,
+            commit_time: &tx.commit_time,
+            record: event.json(),
+            source: &tx.source,
+            scope: &scope,
         };
-        if record.op != Op::Insert {
+        if op != Op::Insert {
             stored.delete_earlier(&self.conn)?;
             stored.insert(&self.conn)?;
         } else if let Err(e) = stored.insert(&self.conn) {
@@ -458,9 +510,9 @@ impl LogWriter {
             StoredRecord {
                 seq,
                 txn,
-                collection: entry.collection,
-                op: entry.op,
-                scope: entry.scope,
+                collection,
+                op,
+                scope,
                 event,
             },
             key,
@@ -555,7 +607,8 @@ struct StoredColumns<'a> {
     key: &'a str,
     op: Op,
     commit_time: &'a str,
-    record: &'a str,
+    /// The record's JSON (serde_json writes only UTF-8), bound as text without checking it again.
+    record: &'a [u8],
     source: &'a str,
     scope: &'a str,
 }
@@ -573,7 +626,7 @@ impl StoredColumns<'_> {
             self.key,
             self.op.as_str(),
             self.commit_time,
-            self.record,
+            rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(self.record)),
             self.source,
             self.scope,
         ])
