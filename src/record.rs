@@ -90,10 +90,7 @@ pub struct ChangeRecord {
 /// copying them. Same fields, order and attributes as `ChangeRecord`, hence the same JSON.
 #[derive(Serialize)]
 pub struct ChangeRecordRef<'a> {
-    /// `None` leaves the cursor out: a record serialized before its seq is known
-    /// (`log::prepared`), which the writer completes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cursor: Option<&'a str>,
+    pub cursor: &'a str,
     pub source: &'a str,
     pub collection: &'a str,
     pub op: Op,
@@ -175,7 +172,7 @@ mod tests {
         };
         let borrowed = |record: &ChangeRecord| {
             serde_json::to_string(&ChangeRecordRef {
-                cursor: Some(&record.cursor),
+                cursor: &record.cursor,
                 source: &record.source,
                 collection: &record.collection,
                 op: record.op,

@@ -7,8 +7,6 @@
 //! and commits it with its new position; only then does it acknowledge upstream.
 
 pub mod checkpoint;
-mod prepared;
-use prepared::Pending;
 pub mod cursor;
 pub mod reader;
 pub mod retention;
@@ -67,7 +65,7 @@ const COMMITTED_BROADCAST: usize = 1024;
 enum Command {
     Begin,
     /// Changes of one or more upstream transactions, in commit order.
-    Append(Vec<(Arc<TxMeta>, Vec<Pending>)>),
+    Append(Vec<(Arc<TxMeta>, Vec<Change>)>),
     AppendCopied {
         tx: Arc<TxMeta>,
         changes: Vec<Change>,
@@ -103,9 +101,6 @@ pub struct Log {
     write_lock: Arc<Mutex<()>>,
     committed: broadcast::Sender<Arc<Committed>>,
     head: watch::Receiver<u64>,
-    /// The configured row-scope columns, as the writer has them: appends of collections
-    /// without one are serialized on the source's task ([`prepared`]).
-    scopes: Arc<scope::ScopeColumns>,
 }
 
 impl Log {
@@ -116,7 +111,7 @@ impl Log {
 
     /// Opens the log with the configured row-scope columns (collection → column).
     pub fn open_scoped(dir: &Path, scopes: scope::ScopeColumns) -> Result<Log, LogError> {
-        let writer = LogWriter::open_scoped(dir, scopes.clone())?;
+        let writer = LogWriter::open_scoped(dir, scopes)?;
         let epoch = writer.epoch();
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let (committed, _) = broadcast::channel(COMMITTED_BROADCAST);
@@ -137,7 +132,6 @@ impl Log {
             write_lock: Arc::new(Mutex::new(())),
             committed,
             head,
-            scopes: Arc::new(scopes),
         })
     }
 
@@ -194,7 +188,6 @@ impl Log {
             appended: 0,
             gathered: Vec::new(),
             gathered_changes: 0,
-            scopes: self.scopes.clone(),
         })
     }
 
@@ -227,9 +220,8 @@ pub struct LogTxn {
     commands: mpsc::Sender<Command>,
     appended: usize,
     /// Appends not yet sent to the writer (fewer than [`APPEND_BATCH`] changes).
-    gathered: Vec<(Arc<TxMeta>, Vec<Pending>)>,
+    gathered: Vec<(Arc<TxMeta>, Vec<Change>)>,
     gathered_changes: usize,
-    scopes: Arc<scope::ScopeColumns>,
 }
 
 impl LogTxn {
@@ -240,15 +232,9 @@ impl LogTxn {
         }
         self.appended += changes.len();
         self.gathered_changes += changes.len();
-        let pending = changes
-            .into_iter()
-            .map(|change| prepared::prepare(change, &tx, &self.scopes));
         match self.gathered.last_mut() {
-            Some((last, gathered)) if Arc::ptr_eq(last, &tx) => gathered.extend(pending),
-            _ => {
-                let pending = pending.collect();
-                self.gathered.push((tx, pending));
-            }
+            Some((last, gathered)) if Arc::ptr_eq(last, &tx) => gathered.extend(changes),
+            _ => self.gathered.push((tx, changes)),
         }
         if self.gathered_changes >= APPEND_BATCH {
             self.flush().await?;
@@ -344,11 +330,7 @@ fn run_writer(
                 }
                 'batch: for (tx, changes) in batch {
                     for change in changes {
-                        let appended = match change {
-                            Pending::Prepared(change) => writer.append_prepared(&tx, change),
-                            Pending::Raw(change) => writer.append(&tx, change),
-                        };
-                        if let Err(e) = appended {
+                        if let Err(e) = writer.append(&tx, change) {
                             writer.rollback();
                             failed = Some(e);
                             break 'batch;

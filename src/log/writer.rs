@@ -3,7 +3,6 @@
 //! own thread.
 
 use super::cursor::Cursor;
-use super::prepared::{self, PreparedChange};
 use super::scope::{self, ScopeColumns};
 use super::store;
 use super::LogError;
@@ -387,76 +386,6 @@ impl LogWriter {
     }
 
     fn write(&mut self, tx: &Arc<TxMeta>, entry: Entry) -> Result<(), LogError> {
-        let Entry {
-            collection,
-            op,
-            key,
-            scope,
-            after,
-            before,
-            changed,
-            unchanged,
-        } = entry;
-        let key_text = key.as_ref().map(key_text).unwrap_or_default();
-        self.store(
-            tx,
-            collection,
-            op,
-            scope,
-            key_text,
-            |cursor, collection, buf| {
-                let record = ChangeRecordRef {
-                    cursor: Some(cursor),
-                    source: &tx.source,
-                    collection,
-                    op,
-                    key: key.as_ref(),
-                    after: after.as_ref(),
-                    before: before.as_ref(),
-                    changed: changed.as_deref(),
-                    unchanged: &unchanged,
-                    commit_time: &tx.commit_time,
-                    tx: TxInfoRef {
-                        id: &tx.id,
-                        position: &tx.position,
-                    },
-                };
-                serde_json::to_writer(buf, &record)
-            },
-        )
-    }
-
-    /// Appends a change serialized on the source's task ([`prepared`]): the writer only puts
-    /// the cursor in front of it.
-    pub fn append_prepared(
-        &mut self,
-        tx: &Arc<TxMeta>,
-        change: PreparedChange,
-    ) -> Result<(), LogError> {
-        self.ensure_open()?;
-        let PreparedChange {
-            collection,
-            op,
-            key,
-            body,
-        } = change;
-        self.store(tx, collection, op, String::new(), key, |cursor, _, buf| {
-            prepared::write_record(buf, cursor, &body);
-            Ok(())
-        })
-    }
-
-    /// Gives the next seq to the record `serialize` writes (given its cursor and collection),
-    /// stores it in place of the key's earlier entry in `scope`, and keeps it for broadcast.
-    fn store(
-        &mut self,
-        tx: &Arc<TxMeta>,
-        collection: String,
-        op: Op,
-        scope: String,
-        key: String,
-        serialize: impl FnOnce(&str, &str, &mut Vec<u8>) -> Result<(), serde_json::Error>,
-    ) -> Result<(), LogError> {
         let open = self
             .open
             .as_mut()
@@ -470,14 +399,31 @@ impl LogWriter {
                 seq
             }
         };
+        let key = entry.key.as_ref().map(key_text).unwrap_or_default();
         let cursor = Cursor {
             epoch: self.epoch,
             seq,
         }
         .to_string();
+        let record = ChangeRecordRef {
+            cursor: &cursor,
+            source: &tx.source,
+            collection: &entry.collection,
+            op: entry.op,
+            key: entry.key.as_ref(),
+            after: entry.after.as_ref(),
+            before: entry.before.as_ref(),
+            changed: entry.changed.as_deref(),
+            unchanged: &entry.unchanged,
+            commit_time: &tx.commit_time,
+            tx: TxInfoRef {
+                id: &tx.id,
+                position: &tx.position,
+            },
+        };
         // Serialized once, straight into the SSE event every live subscriber sends.
         let event = ChangeEvent::build(&cursor, self.record_size_hint, |buf| {
-            serialize(&cursor, &collection, buf)
+            serde_json::to_writer(buf, &record)
         })?;
         self.record_size_hint = event.json().len();
         // Compaction: the key's earlier entry in this scope goes. A DELETE and a plain INSERT
@@ -488,15 +434,15 @@ impl LogWriter {
         let stored = StoredColumns {
             seq,
             txn,
-            collection: &collection,
+            collection: record.collection,
             key: &key,
-            op,
-            commit_time: &tx.commit_time,
+            op: record.op,
+            commit_time: record.commit_time,
             record: event.json(),
-            source: &tx.source,
-            scope: &scope,
+            source: record.source,
+            scope: &entry.scope,
         };
-        if op != Op::Insert {
+        if record.op != Op::Insert {
             stored.delete_earlier(&self.conn)?;
             stored.insert(&self.conn)?;
         } else if let Err(e) = stored.insert(&self.conn) {
@@ -510,9 +456,9 @@ impl LogWriter {
             StoredRecord {
                 seq,
                 txn,
-                collection,
-                op,
-                scope,
+                collection: entry.collection,
+                op: entry.op,
+                scope: entry.scope,
                 event,
             },
             key,
