@@ -21,9 +21,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower_service::Service;
 
-/// How long a client may take to send a request's headers. Without it a client that opens a
-/// connection and sends nothing (or one byte a minute) holds the connection forever.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request's headers, which is also how long a kept-alive
+/// connection may stay idle between requests. Without it a client that opens a connection and
+/// sends nothing (or one byte a minute) holds it forever. It is long on purpose: a reverse proxy
+/// reuses idle connections to the relay for up to its own idle timeout (nginx's upstream
+/// `keepalive_timeout` 60 s, Caddy's 2 min), and if the relay closed one first, a request the
+/// proxy sends on it at that moment would fail with a 502.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Serves `app` on `listener` until `shutdown` turns true, then stops accepting, asks every
 /// connection to close once its current response is done (streams and long polls end on the
