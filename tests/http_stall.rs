@@ -135,12 +135,7 @@ async fn a_client_that_never_reads_does_not_delay_the_others() {
         "the stalled client's state equals the log's"
     );
     let metrics = server.get("/metrics").await.body;
-    let fallbacks = metrics
-        .lines()
-        .find(|l| l.starts_with("deltarelay_sse_log_fallbacks_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let fallbacks = metric(&metrics, "deltarelay_sse_log_fallbacks_total");
     println!("subscribers fell back to the log {fallbacks} times");
     assert!(
         fallbacks >= 1.0,

@@ -137,12 +137,7 @@ async fn replays_then_ready_then_live_and_resumes_after_last_event_id() {
 
     // The change events sent are counted (other tests in this binary may add to the count).
     let metrics = server.get("/metrics").await.body;
-    let sent = metrics
-        .lines()
-        .find(|l| l.starts_with("deltarelay_sse_events_sent_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let sent = metric(&metrics, "deltarelay_sse_events_sent_total");
     assert!(sent >= 4.0, "{sent} change events counted\n{metrics}");
 }
 

@@ -397,3 +397,13 @@ impl SseClient {
             .expect("no SSE event in time")
     }
 }
+
+/// The value of metric `name` (no labels) in Prometheus text `metrics`; 0 when absent.
+pub fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
