@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::params::{self, RawParams, Since};
 use super::{check_snapshot, telemetry, SharedState};
 use crate::log::reader::{Page, ReadFrom, RowFilter};
-use crate::log::Committed;
+use crate::log::{Committed, Cursor};
 use crate::sse::{self, ChangeEvent};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -222,7 +222,11 @@ impl Out {
     /// A change read from the log (replay and catch-up).
     fn change(&mut self, seq: u64, json: &str) {
         self.unshare();
-        let cursor = format!("{}-{}", self.epoch, seq);
+        let cursor = Cursor {
+            epoch: self.epoch,
+            seq,
+        }
+        .to_string();
         self.buf
             .reserve(json.len() + cursor.len() + sse::CHANGE_OVERHEAD);
         sse::change_head(&mut self.buf, &cursor);
@@ -357,7 +361,8 @@ fn events(
             }
             if !ready {
                 ready = true;
-                out.put(format!("id: {}-{}\nevent: ready\ndata: {{\"cursor\":\"{}-{}\"}}\n\n", out.epoch, pos, out.epoch, pos).as_bytes());
+                let cursor = Cursor { epoch: out.epoch, seq: pos };
+                out.put(format!("id: {cursor}\nevent: ready\ndata: {{\"cursor\":\"{cursor}\"}}\n\n").as_bytes());
             }
             yield Ok(in_flight.track(out.take()).await);
 
