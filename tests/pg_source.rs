@@ -188,6 +188,33 @@ fn unchanged_toast_values_are_filled_from_the_log() {
     assert_eq!(doc1.op, Op::Update);
     assert!(doc1.unchanged.is_empty());
     assert_eq!(doc1.after.as_ref().unwrap()["body"], json!(body1.trim()));
+
+    // The log stores each body once, whatever the number of updates that leave it unchanged,
+    // and forgets it with its row.
+    pg.psql(
+        "app",
+        "UPDATE docs SET title = 'again' WHERE id = 2;
+         UPDATE docs SET title = 'and again' WHERE id = 2;
+         DELETE FROM docs WHERE id = 1;
+         INSERT INTO docs VALUES (998, 'marker', '');",
+    );
+    let records = wait_for_marker(dir.path(), &mut relay, "public.docs", 998);
+    let doc2 = records
+        .iter()
+        .find(|r| r.key == row(json!({"id": 2})))
+        .unwrap();
+    assert_eq!(doc2.after.as_ref().unwrap()["title"], json!("and again"));
+    assert_eq!(doc2.after.as_ref().unwrap()["body"], json!(body2.trim()));
+    let file = rusqlite::Connection::open(dir.path().join("changes.sqlite3")).unwrap();
+    let (values, longest): (i64, i64) = file
+        .query_row(
+            "SELECT (SELECT count(*) FROM large_values), (SELECT max(length(record)) FROM entries)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(values, 1, "only row 2's body is stored, once");
+    assert!(longest < 1000, "no record holds a body: {longest} bytes");
 }
 
 #[test]

@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod cursor;
+pub mod large;
 pub mod reader;
 pub mod retention;
 pub mod scope;
@@ -111,10 +112,12 @@ impl Log {
 
     /// Opens the log with the configured row-scope columns (collection → column).
     pub fn open_scoped(dir: &Path, scopes: scope::ScopeColumns) -> Result<Log, LogError> {
-        let writer = LogWriter::open_scoped(dir, scopes)?;
+        let mut writer = LogWriter::open_scoped(dir, scopes)?;
         let epoch = writer.epoch();
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let (committed, _) = broadcast::channel(COMMITTED_BROADCAST);
+        let listeners = committed.clone();
+        writer.hold_records_while(move || listeners.receiver_count() > 0);
         let (head_tx, head) = watch::channel(writer.head_seq());
         let announce = committed.clone();
         let checkpointer = checkpoint::Checkpointer::start(dir)?;
@@ -530,6 +533,7 @@ mod tests {
     async fn broadcast_events_frame_the_stored_records() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path()).unwrap();
+        let _listening = log.subscribe();
         let done = commit(
             &log,
             "1",
@@ -718,6 +722,7 @@ mod tests {
             op: Op::Truncate,
             ..Change::default()
         };
+        let _listening = log.subscribe();
         let done = commit(
             &log,
             "2",
@@ -908,6 +913,24 @@ mod tests {
         let records = done.records.as_ref().unwrap();
         assert_eq!((done.after_seq, done.last_seq, records.len()), (0, 2, 1));
         assert_eq!(records[0].seq, 2);
+    }
+
+    /// Records are held for live subscribers only while someone listens; a subscriber that
+    /// comes later learns the commit's range and reads it from the log.
+    #[tokio::test]
+    async fn records_are_held_only_while_someone_listens() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let alone = commit(&log, "1", vec![upsert(Op::Insert, 1, json!({"id": 1}))]).await;
+        assert!(alone.records.is_none());
+        assert_eq!((alone.after_seq, alone.last_seq), (0, 1));
+        let mut live = log.subscribe();
+        commit(&log, "2", vec![upsert(Op::Insert, 2, json!({"id": 2}))]).await;
+        let heard = live.recv().await.unwrap();
+        assert_eq!(heard.records.as_ref().map(Vec::len), Some(1));
+        drop(live);
+        let again = commit(&log, "3", vec![upsert(Op::Insert, 3, json!({"id": 3}))]).await;
+        assert!(again.records.is_none());
     }
 
     #[tokio::test]

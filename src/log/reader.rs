@@ -1,5 +1,6 @@
 //! Read-only access to the log, beside the writer (SQLite WAL mode allows both at once).
 
+use super::large;
 use super::store;
 use super::LogError;
 use crate::record::Op;
@@ -152,11 +153,19 @@ impl LogReader {
 
     /// Up to `limit` entries with `seq > after_seq`, in log order.
     pub fn entries_after(&self, after_seq: u64, limit: usize) -> Result<Vec<ReadEntry>, LogError> {
+        // One read transaction: a record and its large values come from the same snapshot.
+        let snapshot = self.conn.unchecked_transaction()?;
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, txn, record FROM entries WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, txn, record, large FROM entries WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![after_seq as i64, limit as i64], read_entry)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = stmt.query_map(params![after_seq as i64, limit as i64], read_row)?;
+        let mut entries = Vec::new();
+        for row in rows {
+            entries.push(self.full(row?)?);
+        }
+        drop(stmt);
+        snapshot.finish()?;
+        Ok(entries)
     }
 
     /// A page of at most `limit` entries from `from`, in log order, restricted to
@@ -231,11 +240,11 @@ impl LogReader {
             return Ok((Vec::new(), None));
         };
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params_from_iter(values), read_entry)?;
+        let rows = stmt.query_map(params_from_iter(values), read_row)?;
         let mut entries = Vec::new();
         let mut bytes = 0usize;
         for row in rows {
-            let entry = row?;
+            let entry = self.full(row?)?;
             if entries.len() >= limit || bytes >= max_bytes {
                 return Ok((entries, Some(entry)));
             }
@@ -270,7 +279,7 @@ impl LogReader {
         let limit_value = SqlValue::from(limit as i64);
         let Some(rules) = &filter.rules else {
             let sql = format!(
-                "SELECT seq, txn, record FROM entries WHERE {condition} ORDER BY seq LIMIT ?"
+                "SELECT seq, txn, record, large FROM entries WHERE {condition} ORDER BY seq LIMIT ?"
             );
             return Ok(Some((sql, vec![start, limit_value])));
         };
@@ -286,7 +295,7 @@ impl LogReader {
         let mut values = Vec::new();
         let mut arm = |index: &str, extra: &str, bound: Vec<SqlValue>| {
             arms.push(format!(
-                "SELECT * FROM (SELECT seq, txn, record FROM entries{index} WHERE collection = ?{extra} AND {condition} ORDER BY seq LIMIT ?)"
+                "SELECT * FROM (SELECT seq, txn, record, large FROM entries{index} WHERE collection = ?{extra} AND {condition} ORDER BY seq LIMIT ?)"
             ));
             values.extend(bound);
             values.push(start.clone());
@@ -319,11 +328,22 @@ impl LogReader {
             return Ok(None);
         }
         let sql = format!(
-            "SELECT seq, txn, record FROM ({}) ORDER BY seq LIMIT ?",
+            "SELECT seq, txn, record, large FROM ({}) ORDER BY seq LIMIT ?",
             arms.join(" UNION ALL ")
         );
         values.push(limit_value);
         Ok(Some((sql, values)))
+    }
+
+    /// The entry with its values stored apart put back into its record (within the caller's
+    /// read transaction, so that both come from one snapshot).
+    fn full(&self, (entry, large): (ReadEntry, Option<String>)) -> Result<ReadEntry, LogError> {
+        if large.is_none() {
+            return Ok(entry);
+        }
+        let record =
+            large::full_record(&self.conn, entry.seq as i64, entry.record, large.as_deref())?;
+        Ok(ReadEntry { record, ..entry })
     }
 
     /// The seq below which tombstones may have been purged (0 when never).
@@ -402,12 +422,16 @@ impl LogReader {
     }
 }
 
-fn read_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<ReadEntry> {
-    Ok(ReadEntry {
-        seq: row.get::<_, i64>(0)? as u64,
-        txn: row.get::<_, i64>(1)? as u64,
-        record: row.get(2)?,
-    })
+/// An entry as stored: its record and, when it has values stored apart, its `large` column.
+fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(ReadEntry, Option<String>)> {
+    Ok((
+        ReadEntry {
+            seq: row.get::<_, i64>(0)? as u64,
+            txn: row.get::<_, i64>(1)? as u64,
+            record: row.get(2)?,
+        },
+        row.get(3)?,
+    ))
 }
 
 fn meta_u64(conn: &Connection, name: &str) -> Result<u64, LogError> {

@@ -7,6 +7,7 @@
 //! under (key, B), so a reader of A catching up from any cursor sees the delete, exactly as its
 //! live stream did. Unscoped collections store `''` and behave as before.
 
+use super::large;
 use super::store;
 use super::LogError;
 use crate::record::Row;
@@ -56,19 +57,21 @@ pub fn reconcile(conn: &Connection, columns: &ScopeColumns) -> Result<(), LogErr
     let tx = conn.unchecked_transaction()?;
     for collection in changed {
         let column = columns.get(collection);
-        let rows: Vec<(i64, String)> = {
+        let rows: Vec<(i64, String, Option<String>)> = {
             let mut stmt = conn.prepare(
-                "SELECT seq, record FROM entries WHERE collection = ?1 AND key != '' ORDER BY seq",
+                "SELECT seq, record, large FROM entries WHERE collection = ?1 AND key != '' ORDER BY seq",
             )?;
-            let rows = stmt.query_map([collection], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = stmt.query_map([collection], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             rows.collect::<Result<_, _>>()?
         };
         tracing::info!(collection, column = ?column, entries = rows.len(), "recomputing row scopes");
         let mut update = conn.prepare("UPDATE OR REPLACE entries SET scope = ?2 WHERE seq = ?1")?;
-        for (seq, record) in rows {
+        for (seq, record, large) in rows {
             let scope = match column {
                 None => String::new(),
                 Some(column) => {
+                    // The new scope column may be one whose large values are stored apart.
+                    let record = large::full_record(conn, seq, record, large.as_deref())?;
                     let record: Value = serde_json::from_str(&record)?;
                     let image = |field: &str| record[field].as_object().cloned();
                     row_scope(image("after").as_ref(), column)

@@ -25,6 +25,15 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_tombstones ON entries (seq) WHERE op IN ('delete', 'truncate');
 
+-- Large values of live rows, stored once instead of in every record of the row (large.rs).
+CREATE TABLE IF NOT EXISTS large_values (
+    collection TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    name       TEXT NOT NULL,           -- the column
+    value      TEXT NOT NULL,           -- its JSON
+    PRIMARY KEY (collection, key, name)
+);
+
 -- Each source's position: where to resume so that nothing is skipped or repeated.
 CREATE TABLE IF NOT EXISTS positions (
     source     TEXT PRIMARY KEY,
@@ -50,6 +59,9 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
         "ALTER TABLE entries ADD COLUMN scope TEXT NOT NULL DEFAULT ''",
         "DELETE FROM meta WHERE name = 'scope_columns'",
     ),
+    // Where the record's large values stored apart go (large.rs); NULL: none, as in every
+    // older entry, whose values are all in its record.
+    ("large", "ALTER TABLE entries ADD COLUMN large TEXT", ""),
 ];
 
 /// Brings an older log file up to the current schema (idempotent).
@@ -101,6 +113,9 @@ pub fn open_for_writing(dir: &Path) -> rusqlite::Result<Connection> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // Room for every statement the writer runs (rusqlite keeps 16), so that none is evicted
+    // and prepared again.
+    conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     // KiB: a bounded page cache.
@@ -191,5 +206,23 @@ mod tests {
             "{}",
             scope_index_sql(&conn)
         );
+    }
+
+    #[test]
+    fn an_older_log_gains_the_large_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_for_writing(dir.path()).unwrap();
+        conn.execute_batch("ALTER TABLE entries DROP COLUMN large")
+            .unwrap();
+        drop(conn);
+        let conn = open_for_writing(dir.path()).unwrap();
+        let present: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info('entries') WHERE name = 'large')",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert!(present);
     }
 }

@@ -3,19 +3,23 @@
 //! own thread.
 
 use super::cursor::Cursor;
+use super::large::{self, Marks};
 use super::scope::{self, ScopeColumns};
 use super::store;
 use super::LogError;
 use crate::record::{key_text, Change, ChangeRecord, ChangeRecordRef, Op, Row, TxInfoRef, TxMeta};
 use crate::sse::ChangeEvent;
 use rusqlite::{params, Connection};
-use std::collections::HashMap;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 /// At most this many records of one commit are kept in memory for live subscribers; a larger
 /// commit is announced by range only and subscribers read it from the log.
 pub const MAX_BROADCAST_RECORDS: usize = 10_000;
+/// Nor more than this many bytes of events: a commit of many large rows is announced by range.
+pub const MAX_BROADCAST_BYTES: usize = 16 << 20;
 
 /// A record as stored, ready to be sent: serialized once, shared by every subscriber.
 #[derive(Debug)]
@@ -55,12 +59,20 @@ pub struct LogWriter {
     /// The last record's JSON length: room to reserve for the next (records of a table are
     /// alike), so that serializing one rarely grows its buffer.
     record_size_hint: usize,
+    /// Whether anyone listens for live records; asked as each local transaction opens.
+    listeners: Box<dyn Fn() -> bool + Send>,
+    /// Collections with values stored apart (large.rs), so that the others never look for any.
+    /// May name a collection that has none left.
+    large_collections: HashSet<String>,
+    marks: Marks,
 }
 
 struct OpenTxn {
     next_seq: u64,
     last_tx: Option<(Arc<TxMeta>, u64)>,
     broadcast: Option<Vec<Option<Arc<StoredRecord>>>>,
+    /// The bytes of the events in `broadcast`.
+    broadcast_bytes: usize,
     /// Where each (collection, key, scope) sits in `broadcast`, to drop superseded versions.
     broadcast_index: HashMap<(String, String, String), usize, foldhash::fast::RandomState>,
 }
@@ -97,6 +109,7 @@ impl LogWriter {
         let purged_seq = store::get_meta(&conn, "purged_seq")?
             .and_then(|text| text.parse().ok())
             .unwrap_or(0);
+        let large_collections = large::collections(&conn)?;
         Ok(LogWriter {
             conn,
             epoch,
@@ -105,11 +118,27 @@ impl LogWriter {
             open: None,
             scopes,
             record_size_hint: 0,
+            listeners: Box::new(|| true),
+            large_collections,
+            marks: Marks::random(),
         })
+    }
+
+    /// Keeps the records of a commit for live subscribers only while `listeners` says someone
+    /// listens when the local transaction opens. Otherwise the commit is announced by range
+    /// only: a subscriber that arrives meanwhile reads that range from the log, as it does for
+    /// a commit too large to hold.
+    pub fn hold_records_while(&mut self, listeners: impl Fn() -> bool + Send + 'static) {
+        self.listeners = Box::new(listeners);
     }
 
     pub fn epoch(&self) -> u32 {
         self.epoch
+    }
+
+    #[cfg(test)]
+    pub(crate) fn use_marks(&mut self, marks: Marks) {
+        self.marks = marks;
     }
 
     pub fn head_seq(&self) -> u64 {
@@ -130,7 +159,8 @@ impl LogWriter {
             self.open = Some(OpenTxn {
                 next_seq: self.committed_seq + 1,
                 last_tx: None,
-                broadcast: Some(Vec::new()),
+                broadcast: (self.listeners)().then(Vec::new),
+                broadcast_bytes: 0,
                 broadcast_index: HashMap::default(),
             });
         }
@@ -154,6 +184,9 @@ impl LogWriter {
             self.conn
                 .prepare_cached("DELETE FROM entries WHERE collection = ?1")?
                 .execute([&collection])?;
+            if self.large_collections.contains(&collection) {
+                large::remove_collection(&self.conn, &collection)?;
+            }
             return self.write(
                 tx,
                 Entry {
@@ -165,6 +198,8 @@ impl LogWriter {
                     before: None,
                     changed: None,
                     unchanged: vec![],
+                    apart: vec![],
+                    replaces: None,
                 },
             );
         }
@@ -173,16 +208,33 @@ impl LogWriter {
         })?;
         let old_key = old_key.filter(|old| *old != key);
         let column = self.scopes.get(&collection).cloned();
+        let has_large = self.large_collections.contains(&collection);
         // The row's current version in the log (under its old key if the key changed).
         let previous_key = old_key.as_ref().unwrap_or(&key);
-        let previous = if column.is_some() || !unchanged.is_empty() {
+        let previous = if column.is_some() || !unchanged.is_empty() || has_large {
             self.live_entry(&collection, previous_key)?
         } else {
             None
         };
+        let previous_apart = match previous.as_ref().and_then(|p| p.large.as_deref()) {
+            Some(text) => large::columns_of(text)?,
+            None => Vec::new(),
+        };
+        // Unchanged columns stored apart stay there: the new version refers to them.
+        let mut kept = Vec::new();
+        if !previous_apart.is_empty() {
+            unchanged.retain(|c| {
+                let apart = previous_apart.contains(c);
+                if apart {
+                    kept.push(c.clone());
+                }
+                !apart
+            });
+        }
         if !unchanged.is_empty() {
             fill_unchanged(previous.as_ref(), &mut after, &mut unchanged)?;
         }
+        let previous_seq = previous.as_ref().map(|p| p.seq);
         let previous_scope = previous.map(|p| p.scope);
         let scope_of = |row: Option<&Row>| column.as_deref().and_then(|c| scope::row_scope(row, c));
         let tombstone = |key: Row, scope: String, before: Option<Row>| Entry {
@@ -194,8 +246,13 @@ impl LogWriter {
             before,
             changed: None,
             unchanged: vec![],
+            apart: vec![],
+            replaces: None,
         };
         if op == Op::Delete {
+            if has_large {
+                large::remove_key(&self.conn, &collection, &key_text(&key))?;
+            }
             // Deliver the delete where the row was: its previous version decides, then the old
             // image (REPLICA IDENTITY FULL), else nowhere in particular.
             let scope = previous_scope
@@ -203,6 +260,15 @@ impl LogWriter {
                 .unwrap_or_default();
             return self.write(tx, tombstone(key, scope, before));
         }
+        let apart = self.store_apart(
+            &collection,
+            &key,
+            old_key.as_ref(),
+            column.as_deref(),
+            after.as_mut(),
+            kept,
+            &previous_apart,
+        )?;
         let scope = scope_of(after.as_ref())
             .or_else(|| previous_scope.clone())
             .unwrap_or_default();
@@ -234,6 +300,8 @@ impl LogWriter {
                 before: None,
                 changed: None,
                 unchanged,
+                apart,
+                replaces: None,
             }
         } else {
             Entry {
@@ -245,9 +313,74 @@ impl LogWriter {
                 before,
                 changed,
                 unchanged,
+                apart,
+                // Same key, same scope: the row's live entry is the one this one replaces.
+                replaces: previous_seq,
             }
         };
         self.write(tx, entry)
+    }
+
+    /// Stores the large values of a row's new version apart (large.rs) and removes those of
+    /// its previous version it no longer has. `kept`: unchanged columns whose stored value the
+    /// new version refers to; `previous_apart`: the columns the previous version had stored
+    /// apart (under `old_key` when the key changed). The scope column always stays in the
+    /// record, where scopes are computed from. Returns what the new record stores apart.
+    #[allow(clippy::too_many_arguments)]
+    fn store_apart(
+        &mut self,
+        collection: &str,
+        key: &Row,
+        old_key: Option<&Row>,
+        scope_column: Option<&str>,
+        after: Option<&mut Row>,
+        kept: Vec<String>,
+        previous_apart: &[String],
+    ) -> Result<Vec<Apart>, LogError> {
+        let mut apart = Vec::new();
+        let row_key = key_text(key);
+        let old_row_key = old_key.map(key_text);
+        if let Some(after) = after {
+            for (column, value) in after.iter() {
+                if large::is_large(value) && Some(column.as_str()) != scope_column {
+                    let json = serde_json::to_vec(value)?;
+                    large::put(&self.conn, collection, &row_key, column, &json)?;
+                    apart.push(Apart {
+                        column: column.clone(),
+                        json: Some(json),
+                    });
+                }
+            }
+            if !apart.is_empty() {
+                self.large_collections.insert(collection.to_string());
+            }
+            for column in kept {
+                if let Some(old) = &old_row_key {
+                    large::copy(&self.conn, collection, old, &row_key, &column)?;
+                }
+                // Holds the column's place in the row until the record is written.
+                after.insert(column.clone(), Value::Null);
+                apart.push(Apart { column, json: None });
+            }
+        }
+        let still_apart = |c: &String| apart.iter().any(|a| a.column == *c);
+        match &old_row_key {
+            Some(old) => {
+                large::remove_key(&self.conn, collection, old)?;
+                // The new key may have had a live version of its own (in another scope).
+                for column in large::columns(&self.conn, collection, &row_key)? {
+                    if !still_apart(&column) {
+                        large::remove(&self.conn, collection, &row_key, &column)?;
+                    }
+                }
+            }
+            None => {
+                for column in previous_apart.iter().filter(|c| !still_apart(c)) {
+                    large::remove(&self.conn, collection, &row_key, column)?;
+                }
+            }
+        }
+        Ok(apart)
     }
 
     /// Appends a row read by an initial copy, unless the stream has written that key since the
@@ -292,6 +425,7 @@ impl LogWriter {
             .conn
             .prepare_cached("DELETE FROM entries WHERE collection = ?1")?
             .execute([collection])?;
+        large::remove_collection(&self.conn, collection)?;
         Ok(removed)
     }
 
@@ -304,6 +438,7 @@ impl LogWriter {
         let result = (|| {
             self.conn
                 .execute("DELETE FROM entries WHERE source = ?1", [source])?;
+            large::remove_orphans(&self.conn)?;
             self.conn.execute(
                 "DELETE FROM positions WHERE source = ?1 OR substr(source, 1, length(?1) + 1) = ?1 || '#'",
                 [source],
@@ -367,7 +502,7 @@ impl LogWriter {
         // Equality on (collection, key) only, so that SQLite seeks the key's few index entries
         // (one per scope it has been in) instead of walking the collection by seq.
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, scope, record FROM entries WHERE collection = ?1 AND key = ?2
+            "SELECT seq, scope, record, large FROM entries WHERE collection = ?1 AND key = ?2
              AND op NOT IN ('delete', 'truncate')",
         )?;
         let mut rows = stmt.query(params![collection, key_text(key)])?;
@@ -376,8 +511,10 @@ impl LogWriter {
             let seq: i64 = row.get(0)?;
             if live.as_ref().map_or(true, |(newest, _)| seq > *newest) {
                 let entry = LiveEntry {
+                    seq,
                     scope: row.get(1)?,
                     record: row.get(2)?,
+                    large: row.get(3)?,
                 };
                 live = Some((seq, entry));
             }
@@ -405,27 +542,94 @@ impl LogWriter {
             seq,
         }
         .to_string();
-        let record = ChangeRecordRef {
-            cursor: &cursor,
-            source: &tx.source,
-            collection: &entry.collection,
-            op: entry.op,
-            key: entry.key.as_ref(),
-            after: entry.after.as_ref(),
-            before: entry.before.as_ref(),
-            changed: entry.changed.as_deref(),
-            unchanged: &entry.unchanged,
-            commit_time: &tx.commit_time,
-            tx: TxInfoRef {
-                id: &tx.id,
-                position: &tx.position,
-            },
-        };
-        // Serialized once, straight into the SSE event every live subscriber sends.
-        let event = ChangeEvent::build(&cursor, self.record_size_hint, |buf| {
+        let broadcasting = open.broadcast.is_some();
+        let Entry {
+            collection,
+            op,
+            key: entry_key,
+            scope,
+            mut after,
+            before,
+            changed,
+            unchanged,
+            apart,
+            replaces,
+        } = entry;
+        // Values stored apart are marked in the row, found in the JSON and cut out.
+        if let Some(after) = after.as_mut() {
+            for (index, value) in apart.iter().enumerate() {
+                after.insert(value.column.clone(), self.marks.mark(index));
+            }
+        }
+        let serialize = |after: Option<&Row>, buf: &mut Vec<u8>| {
+            let record = ChangeRecordRef {
+                cursor: &cursor,
+                source: &tx.source,
+                collection: &collection,
+                op,
+                key: entry_key.as_ref(),
+                after,
+                before: before.as_ref(),
+                changed: changed.as_deref(),
+                unchanged: &unchanged,
+                commit_time: &tx.commit_time,
+                tx: TxInfoRef {
+                    id: &tx.id,
+                    position: &tx.position,
+                },
+            };
             serde_json::to_writer(buf, &record)
-        })?;
-        self.record_size_hint = event.json().len();
+        };
+        let (event, cut) = if apart.is_empty() {
+            // Serialized once, straight into the SSE event every live subscriber sends.
+            let event = ChangeEvent::build(&cursor, self.record_size_hint, |buf| {
+                serialize(after.as_ref(), buf)
+            })?;
+            self.record_size_hint = event.json().len();
+            (Some(event), None)
+        } else {
+            let columns: Vec<&str> = apart.iter().map(|a| a.column.as_str()).collect();
+            let mut attempts = 0;
+            let (stored, splices) = loop {
+                let mut json = Vec::with_capacity(self.record_size_hint);
+                serialize(after.as_ref(), &mut json)?;
+                if let Some(cut) = large::cut(&json, &self.marks, &columns) {
+                    break cut;
+                }
+                // The row holds one of the marks itself: mark again with another number.
+                attempts += 1;
+                if attempts == 8 {
+                    return Err(LogError::Invalid(format!(
+                        "a row of {collection} keeps colliding with the log's large-value marks"
+                    )));
+                }
+                self.marks.redraw();
+                if let Some(after) = after.as_mut() {
+                    for (index, value) in apart.iter().enumerate() {
+                        after.insert(value.column.clone(), self.marks.mark(index));
+                    }
+                }
+            };
+            let event = if broadcasting {
+                let size = stored.len() + apart.len() * 4 * large::LARGE_VALUE_BYTES;
+                Some(ChangeEvent::build(&cursor, size, |buf| {
+                    large::splice_into(buf, &stored, &splices, |column, out| {
+                        match apart.iter().find(|a| a.column == column) {
+                            Some(Apart {
+                                json: Some(json), ..
+                            }) => {
+                                out.extend_from_slice(json);
+                                Ok(true)
+                            }
+                            _ => large::append_value(&self.conn, &collection, &key, column, out),
+                        }
+                    })
+                })?)
+            } else {
+                None
+            };
+            (event, Some((stored, large::encode(&splices)?)))
+        };
         // Compaction: the key's earlier entry in this scope goes. A DELETE and a plain INSERT
         // rather than INSERT OR REPLACE, which may touch two rows and so makes SQLite keep a
         // statement journal of every page it changes. An insert usually has no earlier entry,
@@ -434,15 +638,26 @@ impl LogWriter {
         let stored = StoredColumns {
             seq,
             txn,
-            collection: record.collection,
+            collection: &collection,
             key: &key,
-            op: record.op,
-            commit_time: record.commit_time,
-            record: event.json(),
-            source: record.source,
-            scope: &entry.scope,
+            op,
+            commit_time: &tx.commit_time,
+            record: match (&cut, &event) {
+                (Some((stored, _)), _) => stored,
+                (None, Some(event)) => event.json(),
+                (None, None) => &[],
+            },
+            large: cut.as_ref().map(|(_, large)| large.as_str()),
+            source: &tx.source,
+            scope: &scope,
         };
-        if record.op != Op::Insert {
+        if let Some(earlier) = replaces {
+            // Known already (read to fill or scope this one): removed by seq, no key lookup.
+            self.conn
+                .prepare_cached("DELETE FROM entries WHERE seq = ?1")?
+                .execute([earlier])?;
+            stored.insert(&self.conn)?;
+        } else if op != Op::Insert {
             stored.delete_earlier(&self.conn)?;
             stored.insert(&self.conn)?;
         } else if let Err(e) = stored.insert(&self.conn) {
@@ -452,17 +667,23 @@ impl LogWriter {
             stored.delete_earlier(&self.conn)?;
             stored.insert(&self.conn)?;
         }
-        open.remember_for_broadcast(
-            StoredRecord {
-                seq,
-                txn,
-                collection: entry.collection,
-                op: entry.op,
-                scope: entry.scope,
-                event,
-            },
-            key,
-        );
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| LogError::Invalid("no open transaction".into()))?;
+        if let Some(event) = event {
+            open.remember_for_broadcast(
+                StoredRecord {
+                    seq,
+                    txn,
+                    collection,
+                    op,
+                    scope,
+                    event,
+                },
+                key,
+            );
+        }
         Ok(())
     }
 
@@ -519,7 +740,8 @@ impl OpenTxn {
         let Some(list) = self.broadcast.as_mut() else {
             return;
         };
-        if list.len() >= MAX_BROADCAST_RECORDS {
+        self.broadcast_bytes += record.event.bytes().len();
+        if list.len() >= MAX_BROADCAST_RECORDS || self.broadcast_bytes > MAX_BROADCAST_BYTES {
             self.broadcast = None;
             self.broadcast_index.clear();
             return;
@@ -555,6 +777,8 @@ struct StoredColumns<'a> {
     commit_time: &'a str,
     /// The record's JSON (serde_json writes only UTF-8), bound as text without checking it again.
     record: &'a [u8],
+    /// Where its values stored apart go (large.rs), if it has any.
+    large: Option<&'a str>,
     source: &'a str,
     scope: &'a str,
 }
@@ -562,8 +786,8 @@ struct StoredColumns<'a> {
 impl StoredColumns<'_> {
     fn insert(&self, conn: &Connection) -> rusqlite::Result<usize> {
         conn.prepare_cached(
-            "INSERT INTO entries (seq, txn, collection, key, op, commit_time, record, source, scope)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO entries (seq, txn, collection, key, op, commit_time, record, source, scope, large)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
         .execute(params![
             self.seq as i64,
@@ -575,6 +799,7 @@ impl StoredColumns<'_> {
             rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(self.record)),
             self.source,
             self.scope,
+            self.large,
         ])
     }
 
@@ -588,8 +813,11 @@ impl StoredColumns<'_> {
 }
 
 struct LiveEntry {
+    seq: i64,
     scope: String,
     record: String,
+    /// Its `large` column: which of its values are stored apart.
+    large: Option<String>,
 }
 
 /// Fills columns the source did not send from the key's previous entry in the log.
@@ -624,6 +852,17 @@ struct Entry {
     before: Option<Row>,
     changed: Option<Vec<String>>,
     unchanged: Vec<String>,
+    /// Values of `after` stored apart (large.rs).
+    apart: Vec<Apart>,
+    /// The seq of the key's entry in this scope, when the writer has read it already.
+    replaces: Option<i64>,
+}
+
+/// A value of a record stored apart: its column and, when the record brought it, its JSON (a
+/// value the record keeps from its previous version is read back only to frame a live event).
+struct Apart {
+    column: String,
+    json: Option<Vec<u8>>,
 }
 
 /// A fresh epoch for a new log: random, so that a cursor from a deleted and recreated log does
