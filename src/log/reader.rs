@@ -317,9 +317,9 @@ impl LogReader {
             }
             // The collection's truncate (key '') concerns every scope. Left to itself SQLite
             // walks (collection, seq) and tests every entry's key, a scan of the collection
-            // per page; the (collection, key) prefix finds the few truncates directly.
+            // per page; the key index (key '', then collection) finds the few truncates directly.
             arm(
-                " INDEXED BY entries_by_scoped_key",
+                " INDEXED BY entries_by_key_first",
                 " AND key = ''",
                 vec![collection.clone().into()],
             );

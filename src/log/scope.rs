@@ -233,7 +233,7 @@ mod tests {
         let plan = reader.plan(&ReadFrom::Seq(0), &scoped("a")).unwrap();
         assert!(plan.contains("entries_by_scope "), "{plan}");
         assert!(
-            plan.contains("entries_by_scoped_key (collection=? AND key=?)"),
+            plan.contains("entries_by_key_first (key=? AND collection=?)"),
             "{plan}"
         );
         assert!(!plan.contains("entries_by_collection"), "{plan}");
@@ -255,7 +255,7 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert!(plan.join(" ").contains("entries_by_scoped_key"), "{plan:?}");
+        assert!(plan.join(" ").contains("entries_by_key_first"), "{plan:?}");
     }
 
     #[tokio::test]

@@ -91,10 +91,13 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     // No index on `source`: only a source reset reads by it, and that is rare enough to scan.
     // Compaction by (collection, key, scope) instead of (collection, key); indexes for scoped
     // and per-collection reads.
+    // The key index leads with the key: keys differ in their first bytes, while every entry of
+    // a collection shares its name, which a (collection, …) index compares at every step.
     conn.execute_batch(
         "DROP INDEX IF EXISTS entries_by_source;
          DROP INDEX IF EXISTS entries_by_key;
-         CREATE UNIQUE INDEX IF NOT EXISTS entries_by_scoped_key ON entries (collection, key, scope);
+         DROP INDEX IF EXISTS entries_by_scoped_key;
+         CREATE UNIQUE INDEX IF NOT EXISTS entries_by_key_first ON entries (key, collection, scope);
          CREATE INDEX IF NOT EXISTS entries_by_scope ON entries (collection, scope, seq) WHERE scope != '';
          CREATE INDEX IF NOT EXISTS entries_by_collection ON entries (collection, seq);",
     )
@@ -224,5 +227,26 @@ mod tests {
             )
             .unwrap();
         assert!(present);
+    }
+
+    #[test]
+    fn an_older_collection_first_key_index_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_for_writing(dir.path()).unwrap();
+        conn.execute_batch(
+            "DROP INDEX entries_by_key_first;
+             CREATE UNIQUE INDEX entries_by_scoped_key ON entries (collection, key, scope);",
+        )
+        .unwrap();
+        drop(conn);
+        let conn = open_for_writing(dir.path()).unwrap();
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'entries_by_%key%'")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes, vec!["entries_by_key_first".to_string()]);
     }
 }

@@ -652,11 +652,8 @@ impl LogWriter {
             scope: &scope,
         };
         if let Some(earlier) = replaces {
-            // Known already (read to fill or scope this one): removed by seq, no key lookup.
-            self.conn
-                .prepare_cached("DELETE FROM entries WHERE seq = ?1")?
-                .execute([earlier])?;
-            stored.insert(&self.conn)?;
+            // Known already (read to fill or scope this one): replaced in one statement.
+            stored.replace(&self.conn, earlier)?;
         } else if op != Op::Insert {
             stored.delete_earlier(&self.conn)?;
             stored.insert(&self.conn)?;
@@ -800,6 +797,25 @@ impl StoredColumns<'_> {
             self.source,
             self.scope,
             self.large,
+        ])
+    }
+
+    /// Turns the entry `earlier` of the same (collection, key, scope) into this one.
+    fn replace(&self, conn: &Connection, earlier: i64) -> rusqlite::Result<usize> {
+        conn.prepare_cached(
+            "UPDATE entries SET seq = ?1, txn = ?2, op = ?3, commit_time = ?4, record = ?5,
+                 source = ?6, large = ?7
+             WHERE seq = ?8",
+        )?
+        .execute(params![
+            self.seq as i64,
+            self.txn as i64,
+            self.op.as_str(),
+            self.commit_time,
+            rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(self.record)),
+            self.source,
+            self.large,
+            earlier,
         ])
     }
 
