@@ -152,8 +152,9 @@ fn unchanged_toast_values_are_filled_from_the_log() {
     let pg = PgServer::start();
     pg.psql(
         "app",
-        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);
+        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text, meta jsonb);
          ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
+         ALTER TABLE docs ALTER COLUMN meta SET STORAGE EXTERNAL;
          INSERT INTO docs SELECT 1, 'before the relay', string_agg(md5(g::text), '') FROM generate_series(1, 320) g;",
     );
     let dir = tempfile::tempdir().unwrap();
@@ -162,7 +163,9 @@ fn unchanged_toast_values_are_filled_from_the_log() {
     wait_streaming(&pg, &mut relay);
     pg.psql(
         "app",
-        "INSERT INTO docs SELECT 2, 'draft', string_agg(md5((g * 7)::text), '') FROM generate_series(1, 320) g;
+        "INSERT INTO docs SELECT 2, 'draft', string_agg(md5((g * 7)::text), ''),
+           (SELECT jsonb_agg(jsonb_build_object('n', n, 'h', md5(n::text))) FROM generate_series(1, 100) n)
+         FROM generate_series(1, 320) g;
          UPDATE docs SET title = 'final' WHERE id = 2;
          UPDATE docs SET title = 'seen' WHERE id = 1;
          INSERT INTO docs VALUES (999, 'marker', '');",
@@ -205,6 +208,12 @@ fn unchanged_toast_values_are_filled_from_the_log() {
         .unwrap();
     assert_eq!(doc2.after.as_ref().unwrap()["title"], json!("and again"));
     assert_eq!(doc2.after.as_ref().unwrap()["body"], json!(body2.trim()));
+    // A large jsonb document left unchanged is kept the same way.
+    let meta2: Value =
+        serde_json::from_str(pg.psql("app", "SELECT meta FROM docs WHERE id = 2").trim()).unwrap();
+    assert_eq!(meta2.as_array().map(Vec::len), Some(100));
+    assert_eq!(doc2.after.as_ref().unwrap()["meta"], meta2);
+    assert!(doc2.unchanged.is_empty());
     let file = rusqlite::Connection::open(dir.path().join("changes.sqlite3")).unwrap();
     let (values, longest): (i64, i64) = file
         .query_row(
@@ -213,7 +222,10 @@ fn unchanged_toast_values_are_filled_from_the_log() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!(values, 1, "only row 2's body is stored, once");
+    assert_eq!(
+        values, 2,
+        "only row 2's body and meta are stored, once each"
+    );
     assert!(longest < 1000, "no record holds a body: {longest} bytes");
 }
 

@@ -1,8 +1,9 @@
 //! Large values stored once per row instead of in every record of the row.
 //!
-//! A string of at least [`LARGE_VALUE_BYTES`] in a record's `after` image is kept in the
-//! `large_values` table under (collection, key, column); the stored record holds `null` in its
-//! place and the entry's `large` column says where and which column (see [`Splice`]). An update
+//! A value whose JSON is at least [`LARGE_VALUE_BYTES`] long in a record's `after` image (a long
+//! text, a large `jsonb` document) is kept in the `large_values` table under (collection, key,
+//! column); the stored record holds `null` in its place and the entry's `large` column says
+//! where and which column (see [`Splice`]). An update
 //! that leaves the value alone (Postgres sends no value for an unchanged TOASTed column) then
 //! refers to the stored value instead of writing it again, and every read splices it back.
 //!
@@ -25,10 +26,41 @@ pub const LARGE_VALUE_BYTES: usize = 2048;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Splice(pub usize, pub String);
 
-/// Whether `value` is stored apart when it is in a record's `after` image.
+/// Whether `value` is stored apart when it is in a record's `after` image: its JSON is at
+/// least [`LARGE_VALUE_BYTES`] long (a long text, or a large `jsonb` document or array).
 pub fn is_large(value: &Value) -> bool {
-    // A JSON string is at least its text and two quotes.
-    matches!(value, Value::String(text) if text.len() + 2 >= LARGE_VALUE_BYTES)
+    !fits_in(value, LARGE_VALUE_BYTES)
+}
+
+/// Whether the JSON of `value` is shorter than `room` bytes, from a lower bound of its length
+/// that stops adding as soon as it reaches `room` (so a huge document costs no full walk).
+fn fits_in(value: &Value, room: usize) -> bool {
+    json_len_below(value, room).is_some()
+}
+
+/// A lower bound of the JSON length of `value`, if it is below `room`.
+fn json_len_below(value: &Value, room: usize) -> Option<usize> {
+    let len = match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 1,
+        // The text and its two quotes (escapes only add).
+        Value::String(text) => text.len() + 2,
+        Value::Array(items) => {
+            let mut len = 2 + items.len().saturating_sub(1);
+            for item in items {
+                len += json_len_below(item, room.checked_sub(len)?)?;
+            }
+            len
+        }
+        Value::Object(fields) => {
+            let mut len = 2 + fields.len().saturating_sub(1);
+            for (name, item) in fields {
+                len += name.len() + 3;
+                len += json_len_below(item, room.checked_sub(len)?)?;
+            }
+            len
+        }
+    };
+    (len < room).then_some(len)
 }
 
 /// The text of an entry's `large` column.
@@ -370,10 +402,25 @@ mod tests {
     }
 
     #[test]
-    fn only_long_strings_are_large() {
+    fn long_texts_and_large_documents_are_large() {
         assert!(is_large(&json!("y".repeat(LARGE_VALUE_BYTES))));
+        assert!(is_large(&json!("y".repeat(LARGE_VALUE_BYTES - 2))));
+        assert!(!is_large(&json!("y".repeat(LARGE_VALUE_BYTES - 3))));
         assert!(!is_large(&json!("short")));
         assert!(!is_large(&json!(12)));
+        let tags: Vec<String> = (0..400).map(|i| format!("tag{i}")).collect();
+        assert!(is_large(&json!({"tags": tags})));
+        assert!(!is_large(&json!({"tags": tags[..10]})));
+        assert!(is_large(&json!([[["z".repeat(LARGE_VALUE_BYTES)]]])));
+        // The bound never exceeds the real length, so nothing small is stored apart.
+        for value in [
+            json!({"a": [1, 2, {"b": null}], "c": "d"}),
+            json!([]),
+            json!({}),
+        ] {
+            let real = serde_json::to_vec(&value).unwrap().len();
+            assert!(json_len_below(&value, usize::MAX).unwrap() <= real);
+        }
     }
 }
 
@@ -516,6 +563,39 @@ mod log_tests {
         )
         .await;
         assert_eq!(after(&read_all(&log), 1)["body"], json!("small"));
+    }
+
+    /// A large `jsonb` document left unchanged is kept like a long text, and comes back as the
+    /// same document.
+    #[tokio::test]
+    async fn an_unchanged_large_document_is_kept_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let items: Vec<Value> = (0..300)
+            .map(|i| json!({"sku": format!("item-{i}"), "qty": i, "note": "a \"quoted\" line\n"}))
+            .collect();
+        let meta = json!({"items": items, "open": true});
+        commit(
+            &log,
+            vec![change(
+                Op::Insert,
+                1,
+                json!({"id": 1, "meta": meta, "n": 0}),
+                &[],
+            )],
+        )
+        .await;
+        commit(
+            &log,
+            vec![change(Op::Update, 1, json!({"id": 1, "n": 1}), &["meta"])],
+        )
+        .await;
+        let records = read_all(&log);
+        assert_eq!(after(&records, 1)["meta"], meta);
+        assert!(records[0].unchanged.is_empty());
+        let (stored, longest) = storage(dir.path());
+        assert_eq!(stored, 1);
+        assert!(longest < 400, "{longest}");
     }
 
     #[tokio::test]
