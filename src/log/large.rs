@@ -13,7 +13,7 @@
 //! to and removes the rest; a delete, truncate or removed collection removes them all.
 
 use super::LogError;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -29,16 +29,11 @@ pub struct Splice(pub usize, pub String);
 /// Whether `value` is stored apart when it is in a record's `after` image: its JSON is at
 /// least [`LARGE_VALUE_BYTES`] long (a long text, or a large `jsonb` document or array).
 pub fn is_large(value: &Value) -> bool {
-    !fits_in(value, LARGE_VALUE_BYTES)
+    json_len_below(value, LARGE_VALUE_BYTES).is_none()
 }
 
-/// Whether the JSON of `value` is shorter than `room` bytes, from a lower bound of its length
-/// that stops adding as soon as it reaches `room` (so a huge document costs no full walk).
-fn fits_in(value: &Value, room: usize) -> bool {
-    json_len_below(value, room).is_some()
-}
-
-/// A lower bound of the JSON length of `value`, if it is below `room`.
+/// A lower bound of the JSON length of `value`, if it is below `room`. It stops adding as soon
+/// as it reaches `room`, so a huge document costs no full walk.
 fn json_len_below(value: &Value, room: usize) -> Option<usize> {
     let len = match value {
         Value::Null | Value::Bool(_) | Value::Number(_) => 1,
@@ -200,12 +195,7 @@ pub fn full_record(
     )?;
     let mut out = Vec::with_capacity(record.len() + splices.len() * 4 * LARGE_VALUE_BYTES);
     splice_into(&mut out, record.as_bytes(), &splices, |column, out| {
-        let mut rows = stmt.query(params![seq, column])?;
-        let Some(row) = rows.next()? else {
-            return Ok(false);
-        };
-        out.extend_from_slice(stored_text(row.get_ref(0)?)?);
-        Ok(true)
+        append_first(stmt.query(params![seq, column])?, out)
     })?;
     String::from_utf8(out)
         .map_err(|_| LogError::Corrupt(format!("entry {seq}: a large value is not UTF-8")))
@@ -222,18 +212,22 @@ pub fn append_value(
     let mut stmt = conn.prepare_cached(
         "SELECT value FROM large_values WHERE collection = ?1 AND key = ?2 AND name = ?3",
     )?;
-    let mut rows = stmt.query(params![collection, key, column])?;
+    let found = append_first(stmt.query(params![collection, key, column])?, out)?;
+    Ok(found)
+}
+
+/// Appends the stored value in the first column of the first row of `rows` to `out`; whether
+/// there was a row.
+fn append_first(mut rows: rusqlite::Rows<'_>, out: &mut Vec<u8>) -> Result<bool, LogError> {
     let Some(row) = rows.next()? else {
         return Ok(false);
     };
-    out.extend_from_slice(stored_text(row.get_ref(0)?)?);
-    Ok(true)
-}
-
-fn stored_text(value: rusqlite::types::ValueRef<'_>) -> Result<&[u8], LogError> {
-    value
+    let value = row
+        .get_ref(0)?
         .as_bytes()
-        .map_err(|e| LogError::Corrupt(format!("a stored large value is not text: {e}")))
+        .map_err(|e| LogError::Corrupt(format!("a stored large value is not text: {e}")))?;
+    out.extend_from_slice(value);
+    Ok(true)
 }
 
 /// The columns of a key with a value stored apart.
@@ -326,12 +320,11 @@ pub fn collections(conn: &Connection) -> Result<std::collections::HashSet<String
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// How many values are stored apart (for tests and tools).
+/// How many values are stored apart.
+#[cfg(test)]
 pub fn count(conn: &Connection) -> Result<u64, LogError> {
-    let n: Option<i64> = conn
-        .query_row("SELECT count(*) FROM large_values", [], |row| row.get(0))
-        .optional()?;
-    Ok(n.unwrap_or(0) as u64)
+    let n: i64 = conn.query_row("SELECT count(*) FROM large_values", [], |row| row.get(0))?;
+    Ok(n as u64)
 }
 
 #[cfg(test)]
@@ -453,13 +446,17 @@ mod log_tests {
         }
     }
 
-    async fn commit(log: &Log, changes: Vec<Change>) {
-        let tx = Arc::new(TxMeta {
+    fn tx() -> Arc<TxMeta> {
+        Arc::new(TxMeta {
             source: "pg".into(),
             commit_time: "2025-01-15T11:00:00.000000Z".into(),
             id: "1".into(),
             position: "0/1".into(),
-        });
+        })
+    }
+
+    async fn commit(log: &Log, changes: Vec<Change>) {
+        let tx = tx();
         let mut txn = log.begin().await.unwrap();
         txn.append(tx, changes).await.unwrap();
         txn.commit("pg", "0/1".into()).await.unwrap();
@@ -674,12 +671,7 @@ mod log_tests {
         let mut writer = crate::log::writer::LogWriter::open(dir.path()).unwrap();
         writer.use_marks(Marks::fixed(42));
         let mark = Marks::fixed(42).mark(0);
-        let tx = Arc::new(TxMeta {
-            source: "pg".into(),
-            commit_time: "2025-01-15T11:00:00.000000Z".into(),
-            id: "1".into(),
-            position: "0/1".into(),
-        });
+        let tx = tx();
         let insert = change(
             Op::Insert,
             1,

@@ -338,9 +338,6 @@ impl LogReader {
     /// The entry with its values stored apart put back into its record (within the caller's
     /// read transaction, so that both come from one snapshot).
     fn full(&self, (entry, large): (ReadEntry, Option<String>)) -> Result<ReadEntry, LogError> {
-        if large.is_none() {
-            return Ok(entry);
-        }
         let record =
             large::full_record(&self.conn, entry.seq as i64, entry.record, large.as_deref())?;
         Ok(ReadEntry { record, ..entry })

@@ -555,12 +555,6 @@ impl LogWriter {
             apart,
             replaces,
         } = entry;
-        // Values stored apart are marked in the row, found in the JSON and cut out.
-        if let Some(after) = after.as_mut() {
-            for (index, value) in apart.iter().enumerate() {
-                after.insert(value.column.clone(), self.marks.mark(index));
-            }
-        }
         let serialize = |after: Option<&Row>, buf: &mut Vec<u8>| {
             let record = ChangeRecordRef {
                 cursor: &cursor,
@@ -591,6 +585,12 @@ impl LogWriter {
             let columns: Vec<&str> = apart.iter().map(|a| a.column.as_str()).collect();
             let mut attempts = 0;
             let (stored, splices) = loop {
+                // Values stored apart are marked in the row, found in the JSON and cut out.
+                if let Some(after) = after.as_mut() {
+                    for (index, value) in apart.iter().enumerate() {
+                        after.insert(value.column.clone(), self.marks.mark(index));
+                    }
+                }
                 let mut json = Vec::with_capacity(self.record_size_hint);
                 serialize(after.as_ref(), &mut json)?;
                 if let Some(cut) = large::cut(&json, &self.marks, &columns) {
@@ -604,11 +604,6 @@ impl LogWriter {
                     )));
                 }
                 self.marks.redraw();
-                if let Some(after) = after.as_mut() {
-                    for (index, value) in apart.iter().enumerate() {
-                        after.insert(value.column.clone(), self.marks.mark(index));
-                    }
-                }
             };
             let event = if broadcasting {
                 let size = stored.len() + apart.len() * 4 * large::LARGE_VALUE_BYTES;
