@@ -12,14 +12,6 @@
 //! `cargo bench --bench delta_queries`; `DELTARELAY_BENCH_SCALE=0.05` for a smaller log. It
 //! prints its figures and never fails on timing.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/http_support/mod.rs"]
-mod http_support;
-mod support;
-
-use common::pg::PgServer;
-use common::relay::{free_port, postgres_config};
 use deltarelay::log::reader::{ReadFrom, RowFilter};
 use deltarelay::log::LogReader;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -27,7 +19,10 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::*;
+use testkit::bench::*;
+use testkit::free_port;
+use testkit::pg::PgServer;
+use testkit::relay::postgres_config;
 
 const SECRET: &str = "bench-secret-0123456789abcdef-0123456789";
 const OWNERS: u64 = 10;
@@ -200,7 +195,7 @@ async fn walk_http(addr: SocketAddr, headers: &[(&str, &str)], walk: &mut Walk) 
     loop {
         let path = format!("/v1/changes?since={since}&limit={PAGE}");
         let started = Instant::now();
-        let response = http_support::get(addr, &path, headers).await;
+        let response = testkit::http::get(addr, &path, headers).await;
         let took = started.elapsed();
         assert_eq!(response.status, 200, "GET {path}: {}", response.body);
         let body: Value = response.json();

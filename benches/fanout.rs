@@ -13,20 +13,15 @@
 //! `DELTARELAY_BENCH_PERF=<dir>` records the relay during each phase with `perf record`
 //! (`<dir>/fanout-<clients>.data`). It prints its figures and never fails on timing.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/http_support/mod.rs"]
-mod http_support;
-mod support;
-
-use common::pg::PgServer;
-use common::relay::{free_port, postgres_config};
 use memchr::memmem;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::*;
+use testkit::bench::*;
+use testkit::free_port;
+use testkit::pg::PgServer;
+use testkit::relay::postgres_config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
@@ -193,7 +188,7 @@ impl Clients {
     /// Connects clients until there are `n`, each from the log's head, and waits until each
     /// has its `ready` event.
     async fn grow_to(&mut self, addr: SocketAddr, n: usize) {
-        let status = http_support::get(addr, "/v1/status", &[]).await.json();
+        let status = testkit::http::get(addr, "/v1/status", &[]).await.json();
         let head = status["log"]["head_cursor"]
             .as_str()
             .expect("status has log.head_cursor")

@@ -14,18 +14,15 @@
 //! with `perf record` while it catches up (`<dir>/ingest-<workload>.data`). It prints its
 //! figures and never fails on timing.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-mod support;
-
-use common::pg::PgServer;
-use common::relay::{free_port, postgres_config};
 use deltarelay::log::reader::{ReadFrom, RowFilter};
 use deltarelay::log::LogReader;
 use deltarelay::source::postgres::Lsn;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::*;
+use testkit::bench::*;
+use testkit::free_port;
+use testkit::pg::PgServer;
+use testkit::relay::postgres_config;
 
 const BASELINE_SLOT: &str = "bench_baseline";
 /// How long either reader may take before the benchmark gives up (a real error, not timing).
@@ -278,7 +275,7 @@ fn marker_commit(pg: &PgServer) -> Lsn {
 /// `pg_recvlogical` on the baseline slot, decoding with the relay's plugin options into
 /// `/dev/null` until `end`.
 fn baseline(pg: &PgServer, end: Lsn) {
-    let output = support::recvlogical(pg, BASELINE_SLOT)
+    let output = testkit::bench::recvlogical(pg, BASELINE_SLOT)
         .args(["--endpos", &end.to_string(), "-f", "/dev/null"])
         .output()
         .expect("run pg_recvlogical");

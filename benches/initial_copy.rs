@@ -5,15 +5,12 @@
 //! size, or `DELTARELAY_BENCH_SCALE=0.05` like the other benchmarks). It prints its figures and
 //! never fails on timing.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-mod support;
-
-use common::pg::PgServer;
-use common::relay::{free_port, postgres_config};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::*;
+use testkit::bench::*;
+use testkit::free_port;
+use testkit::pg::PgServer;
+use testkit::relay::postgres_config;
 
 fn best_of(runs: usize, what: &str, run: impl Fn()) -> Duration {
     (0..runs)

@@ -10,20 +10,15 @@
 //! scale 1); `DELTARELAY_BENCH_RATES=1000,10000,20000` sets the rates. It prints its figures
 //! and never fails on timing.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/http_support/mod.rs"]
-mod http_support;
-mod support;
-
-use common::pg::PgServer;
-use common::relay::{free_port, postgres_config};
-use http_support::SseClient;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use support::*;
+use testkit::bench::*;
+use testkit::free_port;
+use testkit::http::SseClient;
+use testkit::pg::PgServer;
+use testkit::relay::postgres_config;
 use tokio::sync::mpsc;
 
 const BASELINE_SLOT: &str = "bench_latency_baseline";

@@ -14,10 +14,37 @@ pub enum ConfigError {
     Load {
         path: PathBuf,
         #[source]
-        source: config::ConfigError,
+        source: Box<config::ConfigError>,
     },
-    #[error("config {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("config {path}: {problem}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        problem: Problem,
+    },
+}
+
+/// What is wrong with a config that parsed, by the part of the file it is in. Each message
+/// says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("no [[sources]]: configure at least one source")]
+    NoSources,
+    #[error("source name {0:?} must be 1-48 characters of a-z, 0-9 and _")]
+    SourceName(String),
+    #[error("two sources are named {0:?}")]
+    DuplicateSource(String),
+    #[error("source {source_name:?}: {message}")]
+    Source {
+        source_name: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Http(String),
+    #[error("auth: {0}")]
+    Auth(String),
+    #[error("[collections.{name:?}]: {message}")]
+    Collection { name: String, message: String },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,11 +185,6 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-/// Like Postgres' own `wal_receiver_timeout`.
-fn default_replication_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-
 fn default_retention() -> Duration {
     Duration::from_secs(30 * 24 * 3600)
 }
@@ -199,16 +221,18 @@ pub struct AuthConfig {
 
 impl AuthConfig {
     /// The HS256 secret, from `jwt_secret` or the variable named by `jwt_secret_env`.
-    pub fn secret(&self) -> Result<Option<String>, String> {
+    pub fn secret(&self) -> Result<Option<String>, Problem> {
         match (&self.jwt_secret, &self.jwt_secret_env) {
             (Some(s), None) => Ok(Some(s.clone())),
             (None, Some(var)) => std::env::var(var).map(Some).map_err(|_| {
-                format!("auth.jwt_secret_env names {var}, but that environment variable is not set")
+                Problem::Auth(format!(
+                    "jwt_secret_env names {var}, but that environment variable is not set"
+                ))
             }),
             (None, None) => Ok(None),
-            (Some(_), Some(_)) => {
-                Err("auth: set either jwt_secret or jwt_secret_env, not both".into())
-            }
+            (Some(_), Some(_)) => Err(Problem::Auth(
+                "set either jwt_secret or jwt_secret_env, not both".into(),
+            )),
         }
     }
 }
@@ -221,99 +245,59 @@ pub enum AuthMode {
     Jwt,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    Postgres,
-    Mongodb,
-}
-
-/// One `[[sources]]` entry. Kind-specific keys are checked by [`Config::validate`].
+/// One `[[sources]]` entry: the keys every kind has. The rest of the entry belongs to its
+/// kind, which parses and checks it (`crate::source::SourceSpec`), so that this module knows
+/// no source kind and a new kind touches no other.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     pub name: String,
-    pub kind: SourceKind,
+    /// `postgres` or `mongodb`.
+    pub kind: String,
     pub url: Option<String>,
     pub url_env: Option<String>,
-    // Postgres
-    pub slot: Option<String>,
-    pub publication: Option<String>,
-    #[serde(default)]
-    pub tables: Vec<String>,
-    /// A replication connection silent this long is dead (a network black hole): reconnect.
-    /// The relay asks the server for a reply after half of it; also bounds catalog queries.
-    #[serde(default = "default_replication_timeout", with = "duration_text")]
-    pub replication_timeout: Duration,
-    // MongoDB
-    pub database: Option<String>,
-    #[serde(default)]
-    pub collections: Vec<String>,
-    /// What an update event carries as the new document (MongoDB `fullDocument`).
-    #[serde(default)]
-    pub full_document: FullDocumentMode,
-    /// Fill `before` from pre-images (collections need `changeStreamPreAndPostImages`).
-    #[serde(default)]
-    pub pre_images: bool,
-}
-
-/// MongoDB `fullDocument` modes the relay accepts: each gives updates their full document.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub enum FullDocumentMode {
-    /// Look the document up when the event is read (the current version, not the one at the time).
-    #[default]
-    #[serde(rename = "updateLookup")]
-    UpdateLookup,
-    /// The post-image when the collection records one, else the event is skipped.
-    #[serde(rename = "whenAvailable")]
-    WhenAvailable,
-    /// The post-image; the stream fails when it is missing.
-    #[serde(rename = "required")]
-    Required,
+    /// The kind's own keys, as written.
+    #[serde(flatten)]
+    pub options: serde_json::Map<String, serde_json::Value>,
 }
 
 impl SourceConfig {
     /// The connection URL, from `url` or from the environment variable named by `url_env`.
-    pub fn resolve_url(&self) -> Result<String, String> {
+    pub fn resolve_url(&self) -> Result<String, Problem> {
+        let problem = |message: String| Problem::Source {
+            source_name: self.name.clone(),
+            message,
+        };
         match (&self.url, &self.url_env) {
             (Some(url), None) => Ok(url.clone()),
             (None, Some(var)) => std::env::var(var).map_err(|_| {
-                format!(
-                    "source {:?}: url_env names {var}, but that environment variable is not set",
-                    self.name
-                )
+                problem(format!(
+                    "url_env names {var}, but that environment variable is not set"
+                ))
             }),
-            (Some(_), Some(_)) => Err(format!(
-                "source {:?}: set either url or url_env, not both",
-                self.name
-            )),
-            (None, None) => Err(format!(
-                "source {:?}: no connection URL: set url = \"postgres://…\" or url_env = \"DATABASE_URL\"",
-                self.name
-            )),
+            (Some(_), Some(_)) => Err(problem("set either url or url_env, not both".into())),
+            (None, None) => Err(problem(format!(
+                "no connection URL: set url = \"{}://…\" or url_env = \"DATABASE_URL\"",
+                self.kind
+            ))),
         }
     }
 
-    pub fn slot_name(&self) -> String {
-        self.slot
-            .clone()
-            .unwrap_or_else(|| format!("deltarelay_{}", self.name))
+    /// The kind's keys as `T` (which should deny unknown fields, so that a typo is named).
+    pub fn options<T: serde::de::DeserializeOwned>(&self) -> Result<T, Problem> {
+        serde_json::from_value(serde_json::Value::Object(self.options.clone())).map_err(|e| {
+            Problem::Source {
+                source_name: self.name.clone(),
+                message: format!("kind = \"{}\": {e}", self.kind),
+            }
+        })
     }
 
-    pub fn publication_name(&self) -> String {
-        self.publication
-            .clone()
-            .unwrap_or_else(|| format!("deltarelay_{}", self.name))
-    }
-
-    /// Every collection of the database (`["*"]`) rather than a list.
-    pub fn all_collections(&self) -> bool {
-        self.collections.iter().any(|c| c == "*")
-    }
-
-    /// Every table (`["*"]`) rather than a list.
-    pub fn all_tables(&self) -> bool {
-        self.tables.iter().any(|t| t == "*")
+    /// A problem with this source's entry.
+    pub fn problem(&self, message: impl Into<String>) -> Problem {
+        Problem::Source {
+            source_name: self.name.clone(),
+            message: message.into(),
+        }
     }
 }
 
@@ -322,7 +306,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let load_err = |source| ConfigError::Load {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         };
         let raw = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
@@ -335,65 +319,43 @@ impl Config {
             .build()
             .map_err(load_err)?;
         let config: Config = raw.try_deserialize().map_err(load_err)?;
-        config.validate().map_err(|message| ConfigError::Invalid {
+        config.validate().map_err(|problem| ConfigError::Invalid {
             path: path.to_path_buf(),
-            message,
+            problem,
         })?;
         Ok(config)
     }
 
-    /// Checks what the types cannot: names, kind-specific keys, duplicates.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what the types cannot: names, duplicates, auth keys, access rules. Each source's
+    /// own keys are its kind's to check (`crate::source::SourceSpec::parse`).
+    pub fn validate(&self) -> Result<(), Problem> {
         if self.sources.is_empty() {
-            return Err("no [[sources]]: configure at least one source".into());
+            return Err(Problem::NoSources);
         }
         let mut names = std::collections::HashSet::new();
         for source in &self.sources {
             if !is_simple_name(&source.name) {
-                return Err(format!(
-                    "source name {:?} must be 1-48 characters of a-z, 0-9 and _",
-                    source.name
-                ));
+                return Err(Problem::SourceName(source.name.clone()));
             }
             if !names.insert(source.name.as_str()) {
-                return Err(format!("two sources are named {:?}", source.name));
+                return Err(Problem::DuplicateSource(source.name.clone()));
             }
             source.resolve_url()?;
-            match source.kind {
-                SourceKind::Postgres => validate_postgres(source)?,
-                SourceKind::Mongodb => validate_mongodb(source)?,
-            }
         }
-        self.validate_auth()
+        self.validate_http()?;
+        self.validate_auth()?;
+        self.validate_collections()
     }
 
-    fn validate_auth(&self) -> Result<(), String> {
-        let auth = &self.auth;
-        match auth.mode {
-            AuthMode::None => {
-                if !self.http.listen.ip().is_loopback() && !self.http.allow_unauthenticated_remote {
-                    return Err(format!(
-                        "http.listen = \"{}\" is not a loopback address and auth.mode = \"none\": anyone who can reach it could read every synced row. Set [auth] mode = \"jwt\", listen on 127.0.0.1, or set http.allow_unauthenticated_remote = true to accept that",
-                        self.http.listen
-                    ));
-                }
-            }
-            AuthMode::Jwt => {
-                let secret = auth.secret()?;
-                let kinds = [
-                    secret.is_some(),
-                    auth.jwt_public_key.is_some(),
-                    auth.jwks_file.is_some(),
-                ];
-                match kinds.iter().filter(|k| **k).count() {
-                    1 => {}
-                    0 => return Err("auth.mode = \"jwt\" needs a key: jwt_secret_env (HS256), jwt_public_key (a PEM file, RS256/ES256) or jwks_file".into()),
-                    _ => return Err("auth: set only one of jwt_secret/jwt_secret_env, jwt_public_key and jwks_file".into()),
-                }
-                if secret.is_some_and(|s| s.len() < 32) {
-                    return Err("auth: the HS256 secret must be at least 32 bytes long".into());
-                }
-            }
+    fn validate_http(&self) -> Result<(), Problem> {
+        if self.auth.mode == AuthMode::None
+            && !self.http.listen.ip().is_loopback()
+            && !self.http.allow_unauthenticated_remote
+        {
+            return Err(Problem::Http(format!(
+                "http.listen = \"{}\" is not a loopback address and auth.mode = \"none\": anyone who can reach it could read every synced row. Set [auth] mode = \"jwt\", listen on 127.0.0.1, or set http.allow_unauthenticated_remote = true to accept that",
+                self.http.listen
+            )));
         }
         for origin in &self.http.cors_origins {
             let ok = origin == "*"
@@ -401,29 +363,57 @@ impl Config {
                     && !origin.ends_with('/')
                     && origin.bytes().all(|b| b.is_ascii_graphic()));
             if !ok {
-                return Err(format!(
+                return Err(Problem::Http(format!(
                     "http.cors_origins: {origin:?} is not an origin: write it as \"https://app.example.com\" (scheme, host, optional port, no path), or \"*\" for any"
-                ));
+                )));
             }
         }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), Problem> {
+        let auth = &self.auth;
+        if auth.mode == AuthMode::None {
+            return Ok(());
+        }
+        let secret = auth.secret()?;
+        let kinds = [
+            secret.is_some(),
+            auth.jwt_public_key.is_some(),
+            auth.jwks_file.is_some(),
+        ];
+        match kinds.iter().filter(|k| **k).count() {
+            1 => {}
+            0 => return Err(Problem::Auth("mode = \"jwt\" needs a key: jwt_secret_env (HS256), jwt_public_key (a PEM file, RS256/ES256) or jwks_file".into())),
+            _ => return Err(Problem::Auth("set only one of jwt_secret/jwt_secret_env, jwt_public_key and jwks_file".into())),
+        }
+        if secret.is_some_and(|s| s.len() < 32) {
+            return Err(Problem::Auth(
+                "the HS256 secret must be at least 32 bytes long".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_collections(&self) -> Result<(), Problem> {
         for (name, rules) in &self.collections {
+            let problem = |message: String| Problem::Collection {
+                name: name.clone(),
+                message,
+            };
             if !name.contains('.') {
-                return Err(format!(
-                    "[collections.{name:?}]: name collections as \"schema.table\" (Postgres) or \"database.collection\" (MongoDB)"
-                ));
+                return Err(problem("name collections as \"schema.table\" (Postgres) or \"database.collection\" (MongoDB)".into()));
             }
             if let Some(scope) = &rules.scope {
                 if scope.column.is_empty() || scope.claim.is_empty() {
-                    return Err(format!(
-                        "[collections.{name:?}]: scope needs a column and a claim, e.g. scope = {{ column = \"user_id\", claim = \"sub\" }}"
-                    ));
+                    return Err(problem("scope needs a column and a claim, e.g. scope = { column = \"user_id\", claim = \"sub\" }".into()));
                 }
             }
             for (claim, values) in &rules.read_claims {
                 if values.is_empty() {
-                    return Err(format!(
-                        "[collections.{name:?}]: read_claims.{claim} lists no values: no token could read it"
-                    ));
+                    return Err(problem(format!(
+                        "read_claims.{claim} lists no values: no token could read it"
+                    )));
                 }
             }
         }
@@ -439,90 +429,6 @@ impl Config {
     }
 }
 
-fn validate_postgres(source: &SourceConfig) -> Result<(), String> {
-    if source.tables.is_empty() {
-        return Err(format!(
-            "source {:?}: tables is empty: list tables as [\"public.events\"] or use [\"*\"] for every table",
-            source.name
-        ));
-    }
-    if source.all_tables() && source.tables.len() > 1 {
-        return Err(format!(
-            "source {:?}: tables = [\"*\"] cannot be combined with table names",
-            source.name
-        ));
-    }
-    if !source.all_tables() {
-        for table in &source.tables {
-            if split_table_name(table).is_none() {
-                return Err(format!(
-                    "source {:?}: table {table:?} must be written schema.table, e.g. \"public.{table}\"",
-                    source.name
-                ));
-            }
-        }
-    }
-    if source.replication_timeout < Duration::from_secs(1) {
-        return Err(format!(
-            "source {:?}: replication_timeout must be at least 1s (default 60s)",
-            source.name
-        ));
-    }
-    for (what, name) in [
-        ("slot", source.slot_name()),
-        ("publication", source.publication_name()),
-    ] {
-        if !is_simple_name(&name) {
-            return Err(format!(
-                "source {:?}: {what} name {name:?} must be 1-48 characters of a-z, 0-9 and _",
-                source.name
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn validate_mongodb(source: &SourceConfig) -> Result<(), String> {
-    match source.database.as_deref() {
-        None | Some("") => {
-            return Err(format!(
-                "source {:?}: kind = \"mongodb\" needs database = \"…\"",
-                source.name
-            ))
-        }
-        Some(db) if db.contains(['.', '/', ' ', '$']) => {
-            return Err(format!(
-                "source {:?}: database {db:?} is not a valid MongoDB database name",
-                source.name
-            ))
-        }
-        Some(_) => {}
-    }
-    if source.collections.is_empty() {
-        return Err(format!(
-            "source {:?}: collections is empty: list collections as [\"events\"] or use [\"*\"] for the whole database",
-            source.name
-        ));
-    }
-    if source.all_collections() && source.collections.len() > 1 {
-        return Err(format!(
-            "source {:?}: collections = [\"*\"] cannot be combined with collection names",
-            source.name
-        ));
-    }
-    if let Some(bad) = source
-        .collections
-        .iter()
-        .find(|c| c.is_empty() || c.contains('$') || (c.contains('.') && *c != "*"))
-    {
-        return Err(format!(
-            "source {:?}: collection {bad:?}: write collection names without the database, e.g. \"events\"",
-            source.name
-        ));
-    }
-    Ok(())
-}
-
 /// `schema.table` → (schema, table).
 pub fn split_table_name(name: &str) -> Option<(&str, &str)> {
     let (schema, table) = name.split_once('.')?;
@@ -530,15 +436,15 @@ pub fn split_table_name(name: &str) -> Option<(&str, &str)> {
 }
 
 /// Names we put into SQL and file names unquoted-safe: lowercase letters, digits, underscore.
-fn is_simple_name(name: &str) -> bool {
+pub fn is_simple_name(name: &str) -> bool {
     (1..=48).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// Durations written as text: `30s`, `5m`, `30d`.
-mod duration_text {
+/// Durations written as text: `30s`, `5m`, `30d` (`#[serde(with = "duration_text")]`).
+pub mod duration_text {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
@@ -553,17 +459,11 @@ mod duration_text {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
-    fn load_text(text: &str) -> Result<Config, ConfigError> {
-        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        file.write_all(text.as_bytes()).unwrap();
-        Config::load(file.path())
-    }
-
-    const MINIMAL: &str = r#"
+    pub const MINIMAL: &str = r#"
 [http]
 listen = "127.0.0.1:8080"
 [log]
@@ -578,6 +478,13 @@ url = "postgres://relay@127.0.0.1:5432/app"
 tables = ["public.events", "public.users"]
 "#;
 
+    /// A config file with `text`, loaded: for the source kinds' own tests.
+    pub fn load_text(text: &str) -> Result<Config, ConfigError> {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        Config::load(file.path())
+    }
+
     #[test]
     fn loads_the_minimal_file() {
         let config = load_text(MINIMAL).unwrap();
@@ -586,43 +493,11 @@ tables = ["public.events", "public.users"]
             Duration::from_secs(30 * 86400)
         );
         let source = &config.sources[0];
-        assert_eq!(source.slot_name(), "deltarelay_app_pg");
-        assert_eq!(source.tables, vec!["public.events", "public.users"]);
-    }
-
-    #[test]
-    fn the_shipped_example_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/deltarelay.toml");
-        let config = Config::load(&path).unwrap();
-        assert_eq!(config.sources[0].tables.len(), 2);
-        let mongo = &config.sources[1];
-        assert_eq!(mongo.kind, SourceKind::Mongodb);
-        assert_eq!(mongo.full_document, FullDocumentMode::UpdateLookup);
-        assert!(!mongo.pre_images);
-    }
-
-    #[test]
-    fn mongodb_sources_need_a_database_and_collections() {
-        let mongo = |extra: &str| {
-            format!(
-                "{MINIMAL}\n[[sources]]\nname = \"m\"\nkind = \"mongodb\"\nurl = \"mongodb://h/\"\n{extra}"
-            )
-        };
-        let err = load_text(&mongo("collections = [\"e\"]")).unwrap_err();
-        assert!(err.to_string().contains("database"), "{err}");
-        let err = load_text(&mongo("database = \"app\"")).unwrap_err();
-        assert!(err.to_string().contains("collections is empty"), "{err}");
-        let err = load_text(&mongo(
-            "database = \"app\"\ncollections = [\"e\"]\nfull_document = \"lookup\"",
-        ))
-        .unwrap_err();
-        assert!(err.to_string().contains("lookup"), "{err}");
-        let config = load_text(&mongo(
-            "database = \"app\"\ncollections = [\"*\"]\nfull_document = \"required\"\npre_images = true",
-        ))
-        .unwrap();
-        assert!(config.sources[1].all_collections());
-        assert_eq!(config.sources[1].full_document, FullDocumentMode::Required);
+        assert_eq!(source.kind, "postgres");
+        assert_eq!(
+            source.options["tables"],
+            serde_json::json!(["public.events", "public.users"])
+        );
     }
 
     #[test]
@@ -632,7 +507,6 @@ tables = ["public.events", "public.users"]
         for (section, typo) in [
             ("[http]", "consol = true"),
             ("[log]", "tombstone_retension = \"1d\""),
-            ("[[sources]]", "tabels = []"),
         ] {
             let text = MINIMAL.replace(section, &format!("{section}\n{typo}"));
             let err = load_text(&text).unwrap_err().to_string();
@@ -664,11 +538,9 @@ tables = ["public.events", "public.users"]
     }
 
     #[test]
-    fn rejects_bad_durations_and_table_names() {
+    fn rejects_bad_durations() {
         let err = load_text(&MINIMAL.replace("\"30d\"", "\"thirty\"")).unwrap_err();
         assert!(err.to_string().contains("thirty"), "{err}");
-        let err = load_text(&MINIMAL.replace("\"public.users\"", "\"users\"")).unwrap_err();
-        assert!(err.to_string().contains("schema.table"), "{err}");
     }
 
     #[test]

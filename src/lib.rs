@@ -1,8 +1,27 @@
 //! deltarelay: a change-data-capture relay.
 //!
-//! Sources (Postgres logical replication) produce [`record::Change`]s grouped by upstream
-//! transaction; the [`log`] appends them durably with the source position and serves them back
-//! in order.
+//! Sources tail an upstream database (Postgres logical replication, MongoDB change streams) and
+//! turn every committed change into a [`record::Change`], grouped by upstream transaction. The
+//! [`log`] appends them durably together with the source's position, in one local transaction,
+//! and only then does the source acknowledge upstream: every committed upstream change is in the
+//! log exactly once, in commit order, across crashes and restarts. [`http`] serves the log as a
+//! delta-since query and as Server-Sent Events.
+//!
+//! The crate in layers, bottom to top; an import only ever points down (`src/layers.rs` tests
+//! it):
+//!
+//! - Leaves: [`record`] (the change record and its JSON), [`time`] (RFC 3339 and Postgres epoch
+//!   conversions), [`telemetry`] (metric names and the Prometheus recorder), [`config`] (the
+//!   typed TOML config; each source kind parses its own keys), [`sse`] (Server-Sent Events
+//!   framing), [`check`] (the results and report of `deltarelay check`).
+//! - [`log`]: the change log. [`log::Log`] is the handle: a single writer thread appends and
+//!   compacts, [`log::Log::page`] reads, [`log::Log::follow`] owns the replay → catch-up → live
+//!   hand-off. A writer that dies is reported by [`log::Log::writer_stopped`].
+//! - [`source`]: the upstream sources. [`source::SourceSpec`] is the registry of kinds (parse,
+//!   start, check); each kind implements [`source::Source`] and runs under the one
+//!   [`source::supervise()`] loop. [`auth`]: who may read what.
+//! - [`http`]: routes, the auth gate and framing; [`systemd`]: readiness and watchdog.
+//! - [`relay`]: wires everything together and stops it in order; `main.rs` is the CLI.
 
 pub mod auth;
 pub mod check;
@@ -14,3 +33,8 @@ pub mod relay;
 pub mod source;
 pub mod sse;
 pub mod systemd;
+pub mod telemetry;
+pub mod time;
+
+#[cfg(test)]
+mod layers;

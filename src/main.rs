@@ -2,8 +2,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use deltarelay::config::{self, Config, LogFormat, SourceKind};
+use deltarelay::config::{self, Config, ConfigError, LogFormat};
 use deltarelay::source::postgres::catalog;
+use deltarelay::source::SourceSpec;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -84,7 +85,16 @@ enum SlotAction {
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
-    let config = match Config::load(&cli.config) {
+    // The sources' own keys are their kinds' to check: a typo there fails here too.
+    let loaded =
+        Config::load(&cli.config).and_then(|config| match SourceSpec::parse_all(&config) {
+            Ok(_) => Ok(config),
+            Err(problem) => Err(ConfigError::Invalid {
+                path: cli.config.clone(),
+                problem,
+            }),
+        });
+    let config = match loaded {
         Ok(config) => config,
         Err(e) => {
             if matches!(cli.command, Command::Check) {
@@ -169,7 +179,7 @@ async fn stop_signal() {
 
 /// Prints one line per check; fails if any check fails.
 async fn check(config: &Config) -> anyhow::Result<()> {
-    let results = deltarelay::check::run(config, |result| println!("{result}")).await;
+    let results = deltarelay::source::check_all(config, |result| println!("{result}")).await;
     let failures = deltarelay::check::failures(&results);
     if failures > 0 {
         anyhow::bail!("{failures} check(s) failed: fix them and run deltarelay check again");
@@ -184,10 +194,12 @@ async fn slot_drop(
     wanted: Option<&str>,
     keep_publication: bool,
 ) -> anyhow::Result<()> {
-    let postgres: Vec<_> = config
-        .sources
-        .iter()
-        .filter(|s| s.kind == SourceKind::Postgres)
+    let postgres: Vec<_> = SourceSpec::parse_all(config)?
+        .into_iter()
+        .filter_map(|spec| match spec {
+            SourceSpec::Postgres(pg) => Some(pg),
+            SourceSpec::Mongodb(_) => None,
+        })
         .collect();
     let source = match (wanted, postgres.as_slice()) {
         (Some(name), _) => postgres
@@ -200,22 +212,21 @@ async fn slot_drop(
             anyhow::bail!("several Postgres sources are configured: name one with --source")
         }
     };
-    let url = source.resolve_url().map_err(anyhow::Error::msg)?;
-    let (pg, tls) = deltarelay::source::postgres::tls::parse(&url)
+    let (pg, tls) = deltarelay::source::postgres::tls::parse(&source.url)
         .map_err(anyhow::Error::msg)
         .context("invalid Postgres URL")?;
     let client = catalog::connect_tls(&pg, &tls)
         .await
         .with_context(|| format!("connecting to source {}", source.name))?;
-    let slot = source.slot_name();
-    if catalog::drop_slot(&client, &slot).await? {
+    let slot = &source.slot;
+    if catalog::drop_slot(&client, slot).await? {
         println!("dropped replication slot {slot}");
     } else {
         println!("replication slot {slot} does not exist");
     }
     if !keep_publication {
-        let publication = source.publication_name();
-        if catalog::drop_publication(&client, &publication).await? {
+        let publication = &source.publication;
+        if catalog::drop_publication(&client, publication).await? {
             println!("dropped publication {publication}");
         } else {
             println!("publication {publication} does not exist");

@@ -1,21 +1,23 @@
 //! The daemon: opens the log, starts every source and the HTTP server, and stops them in order.
 
 use crate::auth::{Access, Verifier};
-use crate::config::{AuthMode, Config, SourceKind};
+use crate::config::{AuthMode, Config};
 use crate::http::{self, AppState};
 use crate::log::Log;
-use crate::source::mongo::MongoSource;
-use crate::source::postgres::PostgresSource;
+use crate::source::SourceSpec;
 use crate::systemd;
 use anyhow::Context;
 use std::future::Future;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+/// How long sources may take to stop after the log writer died.
+const SOURCES_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Runs the relay until `stop` completes or a source fails for good.
 pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     // Before the sources start, so that their first counters are recorded.
-    http::telemetry::install();
+    crate::telemetry::install();
     let log = Log::open_scoped(&config.log.dir, config.scope_columns())
         .with_context(|| format!("opening the log in {}", config.log.dir.display()))?;
     tracing::info!(dir = %config.log.dir.display(), epoch = log.epoch(), "log open");
@@ -28,27 +30,15 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
 
     let mut sources = JoinSet::new();
     let mut statuses = Vec::new();
-    for source in &config.sources {
-        match source.kind {
-            SourceKind::Postgres => {
-                let pg = PostgresSource::new(source, log.clone())?;
-                statuses.push(pg.status());
-                let name = source.name.clone();
-                let shutdown = shutdown.clone();
-                sources.spawn(
-                    async move { (name, pg.run(shutdown).await.map_err(anyhow::Error::new)) },
-                );
-            }
-            SourceKind::Mongodb => {
-                let mongo = MongoSource::new(source, log.clone())?;
-                statuses.push(mongo.status());
-                let name = source.name.clone();
-                let shutdown = shutdown.clone();
-                sources.spawn(async move {
-                    (name, mongo.run(shutdown).await.map_err(anyhow::Error::new))
-                });
-            }
-        }
+    for spec in SourceSpec::parse_all(&config).context("config")? {
+        let started = spec
+            .start(log.clone(), shutdown.clone())
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(|| format!("source {}", spec.name()))?;
+        statuses.push(started.status);
+        let name = spec.name().to_string();
+        let run = started.run;
+        sources.spawn(async move { (name, run.await.map_err(|e| anyhow::anyhow!(e))) });
     }
 
     let listener = listen(config.http.listen, config.limits.send_buffer_bytes)
@@ -72,8 +62,13 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     let mut server = tokio::spawn(http::serve_router(listener, app, shutdown.clone()));
 
     tokio::pin!(stop);
+    let mut writer_died = false;
     let failure = tokio::select! {
         _ = &mut stop => None,
+        reason = log.writer_stopped() => {
+            writer_died = true;
+            Some(anyhow::anyhow!("{reason}; stopping so that the service manager restarts the relay (nothing unacknowledged is lost)"))
+        }
         Some(done) = sources.join_next() => match done {
             Ok((name, Err(e))) => Some(e.context(format!("source {name}"))),
             Ok((_, Ok(()))) => None,
@@ -89,12 +84,21 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     tracing::info!("shutting down");
     systemd::notify_stopping();
     let _ = shutdown_tx.send(true);
-    while let Some(done) = sources.join_next().await {
-        if let Ok((name, Err(e))) = done {
-            tracing::warn!(source = %name, error = %e, "source ended with an error during shutdown");
+    // With a dead log writer nothing more can be committed, and the relay must exit promptly
+    // so that it is restarted: the wait is bounded then.
+    let drain = async {
+        while let Some(done) = sources.join_next().await {
+            if let Ok((name, Err(e))) = done {
+                tracing::warn!(source = %name, error = %e, "source ended with an error during shutdown");
+            }
         }
+        let _ = retention.await;
+    };
+    if !writer_died {
+        drain.await;
+    } else if tokio::time::timeout(SOURCES_GRACE, drain).await.is_err() {
+        tracing::warn!("sources did not stop within {SOURCES_GRACE:?}; exiting anyway");
     }
-    let _ = retention.await;
     if !server.is_finished() {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut server).await;
     }
@@ -125,9 +129,7 @@ fn listen(
 /// Authentication, access rules, limits and CORS from the config; says loudly what is exposed.
 fn http_options(config: &Config) -> anyhow::Result<http::HttpOptions> {
     let verifier = match config.auth.mode {
-        AuthMode::Jwt => Some(std::sync::Arc::new(
-            Verifier::from_config(&config.auth).map_err(anyhow::Error::msg)?,
-        )),
+        AuthMode::Jwt => Some(std::sync::Arc::new(Verifier::from_config(&config.auth)?)),
         AuthMode::None => None,
     };
     let listen = config.http.listen;

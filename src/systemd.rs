@@ -2,8 +2,7 @@
 //! `/readyz`), watchdog pings when `WatchdogSec=` is set, STOPPING=1 on shutdown.
 //! Outside systemd (`NOTIFY_SOCKET` unset) every function does nothing.
 
-use crate::http::sources_ready;
-use crate::source::SourceStatus;
+use crate::source::{all_ready, SourceStatus};
 use sd_notify::NotifyState;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -21,7 +20,7 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
-/// Sends READY=1 once [`sources_ready`] holds; gives up quietly on shutdown.
+/// Sends READY=1 once [`all_ready`] holds; gives up quietly on shutdown.
 pub async fn notify_ready(
     sources: Vec<watch::Receiver<SourceStatus>>,
     mut shutdown: watch::Receiver<bool>,
@@ -30,7 +29,7 @@ pub async fn notify_ready(
         return;
     }
     loop {
-        if sources_ready(&sources).is_ok() {
+        if all_ready(&sources).is_ok() {
             notify(&[NotifyState::Ready, NotifyState::Status("ready")]);
             tracing::info!("told systemd the relay is ready");
             return;

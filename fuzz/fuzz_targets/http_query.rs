@@ -25,7 +25,7 @@ fn parse(query: &str) -> Result<(), ApiError> {
     let since = params::parse_since("since", raw.since.as_deref())?;
     if let Since::Time(time) = &since {
         // The normalised form is what the log stores: it parses to itself.
-        assert_eq!(params::parse_rfc3339(time).as_deref(), Ok(time.as_str()));
+        assert_eq!(deltarelay::time::parse_rfc3339(time).as_deref(), Ok(time.as_str()));
     }
     let limit = params::parse_limit(raw.limit.as_deref())?;
     assert!((1..=params::MAX_LIMIT).contains(&limit));

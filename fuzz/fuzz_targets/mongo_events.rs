@@ -6,7 +6,7 @@
 mod common;
 
 use bson::{Bson, Document};
-use deltarelay::config::FullDocumentMode;
+use deltarelay::source::mongo::FullDocumentMode;
 use deltarelay::source::mongo::events::{Mapper, Reassembly};
 use libfuzzer_sys::fuzz_target;
 

@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
                 .collect())),
             PgOutputMessage::Begin { commit_time, .. }
             | PgOutputMessage::Commit { commit_time, .. } => {
-                let _ = pgoutput::pg_micros_to_rfc3339(commit_time);
+                let _ = deltarelay::time::pg_micros_to_rfc3339(commit_time);
                 continue;
             }
             _ => continue,

@@ -3,7 +3,7 @@
 //! the value's text. Nothing may panic, and text of a type kept as text comes back unchanged.
 #![no_main]
 
-use deltarelay::source::postgres::pgoutput::pg_micros_to_rfc3339;
+use deltarelay::time::pg_micros_to_rfc3339;
 use deltarelay::source::postgres::values::{builtin_value_type, oid, text_to_json, ValueType};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;

@@ -4,7 +4,7 @@
 //! HMAC secret). `exp` is required; `nbf`, `iss` and `aud` are checked (the last two when
 //! configured).
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, Problem};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
@@ -16,6 +16,24 @@ use std::time::{Duration, SystemTime};
 const LEEWAY_SECONDS: u64 = 30;
 /// How often the JWKS file's modification time is checked.
 const JWKS_POLL: Duration = Duration::from_secs(2);
+
+/// Why the configured key(s) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Config(#[from] Problem),
+    #[error("auth.mode = \"jwt\" needs jwt_secret_env, jwt_public_key or jwks_file")]
+    NoKey,
+    #[error("auth.jwt_public_key {}: {message}", path.display())]
+    Pem { path: PathBuf, message: String },
+    #[error("auth.jwks_file {}: {message}", path.display())]
+    Jwks { path: PathBuf, message: String },
+}
+
+/// Why a token is refused: a sentence for the client (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejected(pub String);
 
 /// A verified token's claims.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,7 +66,7 @@ pub struct Verifier {
 
 impl Verifier {
     /// The verifier for `auth.mode = "jwt"`; errors say which key setting is wrong.
-    pub fn from_config(auth: &AuthConfig) -> Result<Verifier, String> {
+    pub fn from_config(auth: &AuthConfig) -> Result<Verifier, KeyError> {
         let (keys, jwks) = if let Some(secret) = auth.secret()? {
             let key = Key {
                 kid: None,
@@ -62,9 +80,7 @@ impl Verifier {
             let keys = jwks_keys(path)?;
             (keys, Some((path.clone(), RwLock::new(modified(path)))))
         } else {
-            return Err(
-                "auth.mode = \"jwt\" needs jwt_secret_env, jwt_public_key or jwks_file".into(),
-            );
+            return Err(KeyError::NoKey);
         };
         Ok(Verifier {
             keys: RwLock::new(Arc::new(keys)),
@@ -75,7 +91,11 @@ impl Verifier {
     }
 
     /// Verifies `token`; the error is a sentence for the client (never the token itself).
-    pub fn verify(&self, token: &str) -> Result<Claims, String> {
+    pub fn verify(&self, token: &str) -> Result<Claims, Rejected> {
+        self.check(token).map_err(Rejected)
+    }
+
+    fn check(&self, token: &str) -> Result<Claims, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::Json(_) => {
                 "the token's header is not valid or names an unsupported algorithm (alg \"none\" is never accepted)".to_string()
@@ -122,7 +142,7 @@ impl Verifier {
     }
 
     /// Re-reads the JWKS file (no-op for a secret or a PEM key). On error the old keys stay.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), KeyError> {
         let Some((path, stamp)) = &self.jwks else {
             return Ok(());
         };
@@ -193,18 +213,20 @@ fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 /// A PEM public key: RSA → RS256, EC (P-256) → ES256.
-fn pem_key(path: &Path) -> Result<Key, String> {
-    let pem =
-        std::fs::read(path).map_err(|e| format!("auth.jwt_public_key {}: {e}", path.display()))?;
+fn pem_key(path: &Path) -> Result<Key, KeyError> {
+    let error = |message: String| KeyError::Pem {
+        path: path.to_path_buf(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
     let (key, algorithm) = match DecodingKey::from_rsa_pem(&pem) {
         Ok(key) => (key, Algorithm::RS256),
         Err(_) => match DecodingKey::from_ec_pem(&pem) {
             Ok(key) => (key, Algorithm::ES256),
             Err(e) => {
-                return Err(format!(
-                    "auth.jwt_public_key {}: not an RSA or EC public key in PEM form ({e})",
-                    path.display()
-                ))
+                return Err(error(format!(
+                    "not an RSA or EC public key in PEM form ({e})"
+                )))
             }
         },
     };
@@ -216,11 +238,14 @@ fn pem_key(path: &Path) -> Result<Key, String> {
 }
 
 /// The asymmetric keys of a JWKS file. Symmetric (`oct`) keys are refused: a JWKS is public.
-fn jwks_keys(path: &Path) -> Result<Vec<Key>, String> {
-    let what = || format!("auth.jwks_file {}", path.display());
-    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", what()))?;
-    let set: JwkSet = serde_json::from_slice(&text)
-        .map_err(|e| format!("{}: not a JWKS document ({e})", what()))?;
+fn jwks_keys(path: &Path) -> Result<Vec<Key>, KeyError> {
+    let error = |message: String| KeyError::Jwks {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    let set: JwkSet =
+        serde_json::from_slice(&text).map_err(|e| error(format!("not a JWKS document ({e})")))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         let declared = jwk.common.key_algorithm;
@@ -240,7 +265,7 @@ fn jwks_keys(path: &Path) -> Result<Vec<Key>, String> {
             }
         };
         let key = DecodingKey::from_jwk(jwk)
-            .map_err(|e| format!("{}: key {:?}: {e}", what(), jwk.common.key_id))?;
+            .map_err(|e| error(format!("key {:?}: {e}", jwk.common.key_id)))?;
         keys.push(Key {
             kid: jwk.common.key_id.clone(),
             algorithm,
@@ -248,7 +273,7 @@ fn jwks_keys(path: &Path) -> Result<Vec<Key>, String> {
         });
     }
     if keys.is_empty() {
-        return Err(format!("{}: no usable RSA or EC key", what()));
+        return Err(error("no usable RSA or EC key".into()));
     }
     Ok(keys)
 }

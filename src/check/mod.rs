@@ -1,12 +1,8 @@
-//! `deltarelay check`: one line per prerequisite, with what to do when it is not met.
+//! `deltarelay check` results: one line per prerequisite, with what to do when it is not met.
 //!
-//! Each source kind contributes its own checks (see [`postgres`], [`mongo`]); the report format and the
-//! exit status are shared, so a new kind only has to return [`CheckResult`]s.
+//! Each source kind runs its own checks (`crate::source::SourceSpec::check`); the report
+//! format and the exit status are shared, so a new kind only has to return [`CheckResult`]s.
 
-pub mod mongo;
-pub mod postgres;
-
-use crate::config::{Config, SourceConfig, SourceKind};
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,34 +75,6 @@ impl fmt::Display for CheckResult {
             write!(f, "\n     fix: {fix}")?;
         }
         Ok(())
-    }
-}
-
-/// Runs every check of every source, printing each result as it is known.
-/// Returns all results; the caller fails when any is [`Status::Fail`].
-pub async fn run(config: &Config, mut print: impl FnMut(&CheckResult)) -> Vec<CheckResult> {
-    let mut results = Vec::new();
-    let mut emit = |result: CheckResult| {
-        print(&result);
-        results.push(result);
-    };
-    emit(CheckResult::pass(
-        "config",
-        "file",
-        format!("valid, {} source(s)", config.sources.len()),
-    ));
-    for source in &config.sources {
-        for result in check_source(source).await {
-            emit(result);
-        }
-    }
-    results
-}
-
-async fn check_source(source: &SourceConfig) -> Vec<CheckResult> {
-    match source.kind {
-        SourceKind::Postgres => postgres::check(source).await,
-        SourceKind::Mongodb => mongo::check(source).await,
     }
 }
 

@@ -192,7 +192,7 @@ pub(super) async fn authenticate(
             };
             match verifier.verify(&token) {
                 Ok(claims) => Some(claims),
-                Err(why) => return unauthorized(why),
+                Err(why) => return unauthorized(why.0),
             }
         }
     };

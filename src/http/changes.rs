@@ -3,8 +3,9 @@
 use super::auth::Caller;
 use super::error::ApiError;
 use super::params::{self, RawParams, Since};
-use super::{check_snapshot, telemetry, SharedState};
-use crate::log::reader::{Page, ReadFrom, RowFilter};
+use super::{check_snapshot, SharedState};
+use crate::log::{Page, ReadFrom, RowFilter};
+use crate::telemetry;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Query, State};
 use axum::http::header;
@@ -80,10 +81,8 @@ async fn read_page(
     filter: Arc<RowFilter>,
     limit: usize,
 ) -> Result<Page, ApiError> {
-    shared
-        .readers
-        .run(move |reader| reader.page(&from, &filter, limit))
-        .await
+    let page = shared.log().page(from, filter, limit, usize::MAX).await?;
+    Ok(page)
 }
 
 /// The response, written from the stored record texts without parsing them again.

@@ -10,26 +10,22 @@ mod changes;
 pub mod console;
 mod error;
 pub mod params;
-mod pool;
 mod server;
 mod status;
 mod stream;
-pub mod telemetry;
 
 pub use auth::HttpOptions;
 pub use error::ApiError;
-pub use params::parse_rfc3339;
-pub use status::sources_ready;
 
 use crate::log::{Cursor, Log};
 use crate::source::SourceStatus;
+use crate::telemetry;
 use axum::extract::MatchedPath;
 use axum::http::{Request, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use pool::ReaderPool;
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
@@ -47,7 +43,6 @@ pub struct AppState {
 struct Shared {
     app: AppState,
     shutdown: watch::Receiver<bool>,
-    readers: ReaderPool,
     /// Open `/v1/stream` connections.
     subscribers: AtomicUsize,
     /// Collections known to exist (only grows; refreshed from the log on a miss).
@@ -80,7 +75,7 @@ impl Shared {
         if missing(&self.known.read().expect("known collections lock")).is_none() {
             return Ok(());
         }
-        let found = self.readers.run(|reader| reader.collections()).await?;
+        let found = self.log().collections().await?;
         let mut known = self.known.write().expect("known collections lock");
         known.extend(found);
         match missing(&known) {
@@ -143,7 +138,6 @@ pub fn router_with(
     let cors = cors_layer(&options.cors_origins);
     let public_metrics = options.public_metrics;
     let shared = Arc::new(Shared {
-        readers: ReaderPool::new(state.log.clone()),
         app: state,
         shutdown,
         subscribers: AtomicUsize::new(0),

@@ -2,25 +2,20 @@
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::{telemetry, SharedState};
-use crate::log::store;
-use crate::source::SourceStatus;
+use super::SharedState;
+use crate::telemetry;
 use axum::extract::{Extension, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use std::sync::atomic::Ordering;
-use tokio::sync::watch;
 
 pub async fn collections(
     State(shared): State<SharedState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    let summaries = shared
-        .readers
-        .run(|reader| reader.collection_summaries())
-        .await?;
+    let summaries = shared.log().collection_summaries().await?;
     {
         let mut known = shared.known.write().expect("known collections lock");
         known.extend(summaries.iter().map(|s| s.name.clone()));
@@ -40,10 +35,7 @@ pub async fn collections(
 }
 
 pub async fn status(State(shared): State<SharedState>) -> Result<Response, ApiError> {
-    let (entries, purged_seq) = shared
-        .readers
-        .run(|reader| Ok((reader.entry_count()?, reader.purged_seq()?)))
-        .await?;
+    let stats = shared.log().stats().await?;
     let head_seq = *shared.log().head().borrow();
     let sources: Vec<_> = shared
         .app
@@ -57,50 +49,23 @@ pub async fn status(State(shared): State<SharedState>) -> Result<Response, ApiEr
             "epoch": shared.log().epoch(),
             "head_cursor": shared.cursor(head_seq),
             "head_seq": head_seq,
-            "purged_seq": purged_seq,
-            "entries": entries,
-            "bytes": log_bytes(&shared),
+            "purged_seq": stats.purged_seq,
+            "entries": stats.entries,
+            "bytes": stats.bytes,
         },
         "subscribers": shared.subscribers.load(Ordering::Relaxed),
     });
     Ok(Json(body).into_response())
 }
 
-/// Bytes on disk of the SQLite database and its WAL and shared-memory files.
-fn log_bytes(shared: &SharedState) -> u64 {
-    let main = store::log_path(shared.log().dir());
-    ["", "-wal", "-shm"]
-        .iter()
-        .filter_map(|suffix| {
-            let mut path = main.clone().into_os_string();
-            path.push(suffix);
-            std::fs::metadata(path).ok().map(|m| m.len())
-        })
-        .sum()
-}
-
 pub async fn readyz(State(shared): State<SharedState>) -> Response {
-    match sources_ready(&shared.app.sources) {
+    match crate::source::all_ready(&shared.app.sources) {
         Ok(()) => Json(json!({"ready": true})).into_response(),
         Err(reasons) => {
             let body =
                 json!({"error": "not_ready", "message": reasons.join("; "), "reasons": reasons});
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
-    }
-}
-
-/// Whether the relay is ready to serve (what `/readyz` and systemd's READY=1 wait for);
-/// otherwise one reason per source that is not.
-pub fn sources_ready(sources: &[watch::Receiver<SourceStatus>]) -> Result<(), Vec<String>> {
-    let reasons: Vec<String> = sources
-        .iter()
-        .filter_map(|s| s.borrow().not_ready_reason())
-        .collect();
-    if reasons.is_empty() {
-        Ok(())
-    } else {
-        Err(reasons)
     }
 }
 

@@ -1,13 +1,9 @@
-//! `GET /v1/stream`: Server-Sent Events. Replays the log from the client's cursor, sends
-//! `event: ready`, then follows the log's live broadcast.
+//! `GET /v1/stream`: Server-Sent Events. Frames what [`crate::log::Follower`] hands out (the
+//! replay from the client's cursor, `event: ready`, then live commits): the log owns the
+//! hand-off and its positions; this module owns the framing and the client's pace.
 //!
-//! No gap and no duplicate at the hand-off: the broadcast is subscribed to before the log is
-//! read, and `pos` (the seq up to which every matching entry has been sent) decides what a
-//! broadcast commit still has to contribute. A subscriber that falls behind the broadcast
-//! (`Lagged`), sees a commit announced without its records, or notices a hole goes back to
-//! reading the log from `pos`. The body is pulled by the connection, so a client that stops
-//! reading stops its own stream and nothing else; what it leaves behind is bounded by the
-//! broadcast channel's capacity, shared by all subscribers.
+//! The body is pulled by the connection, so a client that stops reading stops its own stream
+//! and nothing else.
 //!
 //! Memory per slow client is bounded too: at most `CHUNKS_IN_FLIGHT` chunks are handed to the
 //! connection and not yet written to its socket (each chunk holds a permit until the
@@ -18,10 +14,10 @@
 use super::auth::{Caller, StreamSlot};
 use super::error::ApiError;
 use super::params::{self, RawParams, Since};
-use super::{check_snapshot, telemetry, SharedState};
-use crate::log::reader::{Page, ReadFrom, RowFilter};
-use crate::log::{Committed, Cursor};
+use super::{check_snapshot, SharedState};
+use crate::log::{follow, Cursor, FollowEnd, Followed, Follower, ReadFrom};
 use crate::sse::{self, ChangeEvent};
+use crate::telemetry;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Query, State};
@@ -32,14 +28,9 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-/// Entries read from the log per query while replaying or catching up.
-const REPLAY_PAGE: usize = 1000;
-/// ... and at most about this many bytes of records, so a page's memory is bounded.
-const REPLAY_BYTES: usize = 2 * CHUNK_BYTES;
 /// A body chunk is handed to the connection once it holds this much.
 const CHUNK_BYTES: usize = 32 * 1024;
 /// Chunks handed to the connection and not yet written to its socket, per stream.
@@ -79,24 +70,19 @@ pub async fn stream(
     shared.check_request(&since, collections.as_deref()).await?;
     let slot = shared.gate.open_stream(&caller)?;
 
-    // Subscribe first: every commit after the snapshot read below reaches `live`.
-    let live = shared.log().subscribe();
     let from = match &since {
         Since::Start => ReadFrom::Seq(0),
         Since::Cursor(cursor) => ReadFrom::Seq(cursor.seq),
         Since::Time(time) => ReadFrom::CommitTime(time.clone()),
     };
-    let first = read_page(&shared, from, filter.clone(), REPLAY_PAGE).await?;
-    if let Since::Cursor(cursor) = &since {
-        check_snapshot(cursor, first.purged_seq, first.head_seq)?;
+    let follower = shared.log().follow(from, filter).await?;
+    if let (Since::Cursor(cursor), Some((purged_seq, head_seq))) = (&since, follower.first_bounds())
+    {
+        check_snapshot(cursor, purged_seq, head_seq)?;
     }
-    let start_seq = match &since {
-        Since::Cursor(cursor) => cursor.seq,
-        _ => 0,
-    };
 
     let subscriber = Subscriber::new(shared.clone(), slot);
-    let body = events(subscriber, live, first, start_seq, filter);
+    let body = events(subscriber, follower);
     let mut response = Body::from_stream(body).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -106,18 +92,6 @@ pub async fn stream(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
-}
-
-async fn read_page(
-    shared: &SharedState,
-    from: ReadFrom,
-    filter: Arc<RowFilter>,
-    limit: usize,
-) -> Result<Page, ApiError> {
-    shared
-        .readers
-        .run(move |reader| reader.page_within(&from, &filter, limit, REPLAY_BYTES))
-        .await
 }
 
 /// Counts an open stream while it lives, and holds its limit slot.
@@ -289,146 +263,87 @@ impl Out {
 
 fn events(
     subscriber: Subscriber,
-    mut live: tokio::sync::broadcast::Receiver<Arc<Committed>>,
-    first: Page,
-    start_seq: u64,
-    filter: Arc<RowFilter>,
+    mut follower: Follower,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     async_stream::stream! {
         let shared = subscriber.shared.clone();
         let mut shutdown = shared.shutdown.clone();
         let mut out = Out::new(shared.log().epoch());
         out.put(format!("retry: {RETRY_MS}\n\n").as_bytes());
-
-        // `pos`: every matching entry with seq <= pos has been sent.
-        let mut pos = start_seq;
-        // The stream ends when the purge mark passes its position after it started: a reset
-        // source or purged tombstones it has not seen. The client reconnects, gets 410 and
-        // starts over, instead of silently missing what was dropped.
-        let start_mark = first.purged_seq;
-        let expired = |mark: u64, pos: u64| mark > pos && mark > start_mark;
-        let mut page = Some(first);
         let in_flight = InFlight::new();
-        let mut ready = false;
-        let mut failed = false;
-        let mut overtaken = false;
-        // Replay (and, later, catch-up): read the log from `pos` until a page reaches its head.
-        'outer: loop {
-            while let Some(current) = page.take() {
-                if expired(current.purged_seq, pos) {
-                    overtaken = true;
-                    break 'outer;
+        let mut quiet_since = Instant::now();
+        let end = loop {
+            let woke = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => Wake::Stop,
+                followed = follower.next() => Wake::Next(followed),
+                _ = tokio::time::sleep_until(quiet_since + KEEP_ALIVE) => Wake::Quiet,
+            };
+            let followed = match woke {
+                Wake::Stop => break None,
+                Wake::Quiet => {
+                    quiet_since = Instant::now();
+                    out.put(b": keep-alive\n\n");
+                    yield Ok(out.take());
+                    continue;
                 }
-                // When the client is behind, let go of the page and read on from `pos` once it
-                // has caught up, rather than hold the page meanwhile; that next page is about
-                // what the client took, so that a slow client does not make the stream read
-                // much more than it sends.
-                let mut behind = false;
-                let mut limit = REPLAY_PAGE;
-                if !current.entries.is_empty() {
+                Wake::Next(followed) => followed,
+            };
+            match followed {
+                Followed::Page { entries, more } => {
+                    // When the client is behind, let go of the page and read on from the last
+                    // entry sent once it has caught up, rather than hold the page meanwhile; that
+                    // next page is about what the client took, so that a slow client does not
+                    // make the stream read much more than it sends.
+                    let mut behind = false;
                     out.reserve_chunk();
-                }
-                for (taken, entry) in current.entries.iter().enumerate() {
-                    out.change(entry.seq, &entry.record);
-                    pos = entry.seq;
-                    if out.full() {
-                        let Some(permit) = in_flight.permit_soon().await else {
-                            behind = true;
-                            limit = (taken + 1).clamp(16, REPLAY_PAGE);
-                            break;
-                        };
-                        yield Ok(chunk(out.take(), Some(permit)));
-                        out.reserve_chunk();
+                    for (taken, entry) in entries.iter().enumerate() {
+                        out.change(entry.seq, &entry.record);
+                        if out.full() {
+                            let Some(permit) = in_flight.permit_soon().await else {
+                                behind = true;
+                                follower.taken(entry.seq, (taken + 1).clamp(16, follow::REPLAY_PAGE));
+                                break;
+                            };
+                            yield Ok(chunk(out.take(), Some(permit)));
+                            out.reserve_chunk();
+                        }
                     }
-                }
-                let has_more = behind || current.has_more;
-                let head_seq = current.head_seq;
-                drop(current);
-                if behind {
-                    yield Ok(in_flight.track(out.take()).await);
-                }
-                if has_more {
+                    drop(entries);
+                    if behind || !more {
+                        yield Ok(in_flight.track(out.take()).await);
+                    }
                     if stopping(&shutdown) {
-                        break 'outer;
+                        break None;
                     }
-                    match read_page(&shared, ReadFrom::Seq(pos), filter.clone(), limit).await {
-                        Ok(next) => page = Some(next),
-                        Err(_) => { failed = true; break 'outer; }
-                    }
-                } else {
-                    pos = pos.max(head_seq);
                 }
-            }
-            if !ready {
-                ready = true;
-                let cursor = Cursor { epoch: out.epoch, seq: pos };
-                out.put(format!("id: {cursor}\nevent: ready\ndata: {{\"cursor\":\"{cursor}\"}}\n\n").as_bytes());
-            }
-            yield Ok(in_flight.track(out.take()).await);
-
-            // Live: follow the broadcast until we fall behind it.
-            let mut quiet_since = Instant::now();
-            loop {
-                let woke = tokio::select! {
-                    biased;
-                    _ = shutdown.wait_for(|stop| *stop) => Wake::Stop,
-                    received = live.recv() => Wake::Live(received),
-                    _ = tokio::time::sleep_until(quiet_since + KEEP_ALIVE) => Wake::Quiet,
-                };
-                let received = match woke {
-                    Wake::Stop => break 'outer,
-                    Wake::Quiet => {
-                        quiet_since = Instant::now();
-                        yield Ok(Bytes::from_static(b": keep-alive\n\n"));
-                        continue;
-                    }
-                    Wake::Live(received) => received,
-                };
-                match received {
-                    Ok(commit) => {
-                        if expired(commit.purged_seq, pos) {
-                            overtaken = true;
-                            break 'outer;
-                        }
-                        if commit.last_seq <= pos {
-                            continue;
-                        }
-                        let records = match &commit.records {
-                            Some(records) if commit.after_seq <= pos => records,
-                            // Too large to broadcast, or a hole before it: read the log.
-                            _ => break,
-                        };
-                        for record in records.iter().filter(|r| r.seq > pos && filter.allows(&r.collection, &r.scope, r.op)) {
-                            out.event(&record.event);
-                            if out.full() {
-                                yield Ok(in_flight.track(out.take()).await);
-                            }
-                        }
-                        pos = commit.last_seq;
-                        if !out.is_empty() {
-                            quiet_since = Instant::now();
+                Followed::Ready { seq } => {
+                    let cursor = Cursor { epoch: out.epoch, seq };
+                    out.put(format!("id: {cursor}\nevent: ready\ndata: {{\"cursor\":\"{cursor}\"}}\n\n").as_bytes());
+                    yield Ok(in_flight.track(out.take()).await);
+                    quiet_since = Instant::now();
+                }
+                Followed::Live(commit) => {
+                    for record in commit.records() {
+                        out.event(&record.event);
+                        if out.full() {
                             yield Ok(in_flight.track(out.take()).await);
                         }
                     }
-                    Err(RecvError::Lagged(_)) => break,
-                    Err(RecvError::Closed) => break 'outer,
+                    drop(commit);
+                    if !out.is_empty() {
+                        quiet_since = Instant::now();
+                        yield Ok(in_flight.track(out.take()).await);
+                    }
                 }
+                Followed::Ended(end) => break Some(end),
             }
-            metrics::counter!(telemetry::SSE_LOG_FALLBACKS).increment(1);
-            if stopping(&shutdown) {
-                break;
-            }
-            match read_page(&shared, ReadFrom::Seq(pos), filter.clone(), REPLAY_PAGE).await {
-                Ok(next) => page = Some(next),
-                Err(_) => { failed = true; break; }
-            }
-        }
-        if overtaken {
-            out.put(b": the log was reset or purged past this stream's position; reconnect to start over\n\n");
-        }
-        if failed {
+        };
+        match end {
+            Some(FollowEnd::Expired) => out.put(b": the log was reset or purged past this stream's position; reconnect to start over\n\n"),
             // The client reconnects (EventSource does) and resumes from its last event.
-            out.put(b": the relay could not read its log; reconnect\n\n");
+            Some(FollowEnd::ReadFailed(_)) => out.put(b": the relay could not read its log; reconnect\n\n"),
+            Some(FollowEnd::Closed) | None => {}
         }
         if !out.is_empty() {
             yield Ok(out.take());
@@ -443,7 +358,7 @@ fn stopping(shutdown: &tokio::sync::watch::Receiver<bool>) -> bool {
 
 enum Wake {
     Stop,
-    Live(Result<Arc<Committed>, RecvError>),
+    Next(Followed),
     Quiet,
 }
 

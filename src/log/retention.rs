@@ -2,9 +2,8 @@
 //! `log.tombstone_retention`, and cursors from before the newest dropped one expire (410).
 
 use super::Log;
-use crate::http::telemetry;
-use crate::source::postgres::pgoutput::pg_micros_to_rfc3339;
-use crate::source::postgres::replication::pg_now_micros;
+use crate::telemetry;
+use crate::time::{pg_micros_to_rfc3339, pg_now_micros};
 use std::time::Duration;
 use tokio::sync::watch;
 

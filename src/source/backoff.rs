@@ -1,12 +1,8 @@
 //! Reconnect delays: exponential, capped, with a little jitter so several relays restarted
 //! together do not reconnect in lockstep.
 
-use super::SourceStatus;
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// A session that streamed this long resets the reconnect backoff.
-pub const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -35,44 +31,6 @@ impl Backoff {
     /// After a connection that worked for a while, start again from `min`.
     pub fn reset(&mut self) {
         self.next = self.min;
-    }
-
-    /// The reconnect loop's step after a session that lasted `lasted` ended with `result`:
-    /// `Some` ends the loop with it (a clean stop, or an error `is_fatal` says retrying cannot
-    /// fix); `None` means the failure was reported (log, `status`) and the delay waited out, so
-    /// connect again.
-    pub async fn after_session<E: std::fmt::Display + Sync>(
-        &mut self,
-        result: Result<(), E>,
-        is_fatal: impl Fn(&E) -> bool,
-        lasted: Duration,
-        status: &watch::Sender<SourceStatus>,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<Result<(), E>> {
-        status.send_modify(|s| s.connected = false);
-        let source = status.borrow().name.clone();
-        let error = match result {
-            Ok(()) => return Some(Ok(())),
-            Err(e) if is_fatal(&e) => {
-                tracing::error!(source = %source, error = %e, "source stopped");
-                status.send_modify(|s| s.last_error = Some(e.to_string()));
-                return Some(Err(e));
-            }
-            Err(e) => e,
-        };
-        if lasted > HEALTHY_SESSION {
-            self.reset();
-        }
-        let delay = self.next_delay();
-        tracing::warn!(source = %source, error = %error, retry_in = ?delay, "source session failed; reconnecting");
-        status.send_modify(|s| {
-            s.last_error = Some(error.to_string());
-            s.reconnects += 1;
-        });
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => None,
-            _ = wait_for_shutdown(shutdown) => Some(Ok(())),
-        }
     }
 }
 

@@ -1,78 +1,154 @@
-//! Upstream sources. Each owns one upstream connection and its position, reconnects with
-//! backoff, and reports its state through a [`SourceStatus`].
+//! Upstream sources and the registry of their kinds.
+//!
+//! Each kind owns its config section ([`postgres::PostgresConfig`], [`mongo::MongoConfig`]),
+//! its `deltarelay check` and its sessions; [`supervise()`] runs every kind's sessions the same
+//! way (backoff, status, error kinds). [`SourceSpec`] is the only place that lists the kinds.
 
 pub mod backoff;
 pub mod mongo;
 pub mod postgres;
+mod status;
+pub mod supervise;
 
-use serde::Serialize;
+pub use status::{all_ready, CopyProgress, CopyState, SourceStatus};
+pub use supervise::{supervise, ErrorKind, Source};
 
-/// What `/v1/status` and `/readyz` say about one source.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct SourceStatus {
-    pub name: String,
-    pub kind: &'static str,
-    pub connected: bool,
-    /// The position durable in the log (Postgres: end LSN of the last logged commit).
-    pub position: Option<String>,
-    /// The upstream's newest position as last reported to us (Postgres: WAL end).
-    pub upstream_position: Option<String>,
-    /// Bytes of upstream history not yet durable in the log, when known.
-    pub lag_bytes: Option<u64>,
-    pub slot: Option<String>,
-    pub last_error: Option<String>,
-    pub reconnects: u64,
-    /// The copy of rows that existed before streaming began (first start, added tables).
-    pub initial_copy: CopyProgress,
+use crate::check::CheckResult;
+use crate::config::{Config, Problem, SourceConfig};
+use crate::log::Log;
+use futures_util::future::BoxFuture;
+use mongo::{MongoConfig, MongoSource};
+use postgres::{PostgresConfig, PostgresSource};
+use tokio::sync::watch;
+
+/// Any source's error, once it has left its kind.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One configured source, parsed by its kind.
+#[derive(Debug, Clone)]
+pub enum SourceSpec {
+    Postgres(PostgresConfig),
+    Mongodb(MongoConfig),
 }
 
-/// Where a source's initial copy stands; `/readyz` waits for `state == Done`.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct CopyProgress {
-    pub state: CopyState,
-    pub tables_total: usize,
-    pub tables_done: usize,
-    /// The table being copied now.
-    pub current: Option<String>,
-    pub rows_copied: u64,
-    /// The server's estimate of the rows to copy in all (Postgres: `pg_class.reltuples`).
-    pub rows_estimated: Option<u64>,
-    pub rows_per_second: Option<f64>,
-    pub eta_seconds: Option<u64>,
+/// A source that is set up: its status, and the supervised run to spawn.
+pub struct Started {
+    pub status: watch::Receiver<SourceStatus>,
+    pub run: BoxFuture<'static, Result<(), BoxError>>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum CopyState {
-    /// Not known yet (the source has not connected since start).
-    #[default]
-    Pending,
-    Copying,
-    Done,
-}
-
-impl SourceStatus {
-    /// Why this source is not ready to serve complete data, if it is not.
-    pub fn not_ready_reason(&self) -> Option<String> {
-        if !self.connected {
-            return Some(match &self.last_error {
-                Some(e) => format!("source {} is not connected: {e}", self.name),
-                None => format!("source {} is not connected yet", self.name),
-            });
+impl SourceSpec {
+    /// The `[[sources]]` entry's own keys, checked by its kind.
+    pub fn parse(config: &SourceConfig) -> Result<SourceSpec, Problem> {
+        match config.kind.as_str() {
+            "postgres" => PostgresConfig::parse(config).map(SourceSpec::Postgres),
+            "mongodb" => MongoConfig::parse(config).map(SourceSpec::Mongodb),
+            other => Err(config.problem(format!(
+                "kind = {other:?} is not a source kind: use \"postgres\" or \"mongodb\""
+            ))),
         }
-        match self.initial_copy.state {
-            CopyState::Done => None,
-            CopyState::Pending => Some(format!(
-                "source {} has not started its initial copy yet",
-                self.name
-            )),
-            CopyState::Copying => Some(format!(
-                "source {} is copying existing rows ({} of {} tables, {} rows so far)",
-                self.name,
-                self.initial_copy.tables_done,
-                self.initial_copy.tables_total,
-                self.initial_copy.rows_copied
-            )),
+    }
+
+    /// Every source of `config`.
+    pub fn parse_all(config: &Config) -> Result<Vec<SourceSpec>, Problem> {
+        config.sources.iter().map(SourceSpec::parse).collect()
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            SourceSpec::Postgres(c) => &c.name,
+            SourceSpec::Mongodb(c) => &c.name,
         }
+    }
+
+    /// Sets the source up on `log`; its run streams until `shutdown` turns true.
+    pub fn start(&self, log: Log, shutdown: watch::Receiver<bool>) -> Result<Started, BoxError> {
+        Ok(match self {
+            SourceSpec::Postgres(config) => {
+                let source = PostgresSource::new(config, log)?;
+                Started {
+                    status: source.status_receiver(),
+                    run: Box::pin(async move { Ok(supervise(source, shutdown).await?) }),
+                }
+            }
+            SourceSpec::Mongodb(config) => {
+                let source = MongoSource::new(config, log);
+                Started {
+                    status: source.status_receiver(),
+                    run: Box::pin(async move { Ok(supervise(source, shutdown).await?) }),
+                }
+            }
+        })
+    }
+
+    /// This source's prerequisites, as its kind checks them.
+    pub async fn check(&self) -> Vec<CheckResult> {
+        match self {
+            SourceSpec::Postgres(config) => postgres::check::check(config).await,
+            SourceSpec::Mongodb(config) => mongo::check::check(config).await,
+        }
+    }
+}
+
+/// `deltarelay check`: the config, then every check of every source, printing each result
+/// as it is known. Returns all results; the caller fails when any is a failure.
+pub async fn check_all(config: &Config, mut print: impl FnMut(&CheckResult)) -> Vec<CheckResult> {
+    let mut results = Vec::new();
+    let mut emit = |result: CheckResult| {
+        print(&result);
+        results.push(result);
+    };
+    let specs = match SourceSpec::parse_all(config) {
+        Ok(specs) => specs,
+        Err(problem) => {
+            emit(CheckResult::fail(
+                "config",
+                "file",
+                problem.to_string(),
+                "correct the config file",
+            ));
+            return results;
+        }
+    };
+    emit(CheckResult::pass(
+        "config",
+        "file",
+        format!("valid, {} source(s)", specs.len()),
+    ));
+    for spec in &specs {
+        for result in spec.check().await {
+            emit(result);
+        }
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{load_text, MINIMAL};
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/deltarelay.toml");
+        let config = Config::load(&path).unwrap();
+        let specs = SourceSpec::parse_all(&config).unwrap();
+        let SourceSpec::Postgres(pg) = &specs[0] else {
+            panic!("{specs:?}")
+        };
+        assert_eq!(pg.tables.len(), 2);
+        let SourceSpec::Mongodb(mongo) = &specs[1] else {
+            panic!("{specs:?}")
+        };
+        assert_eq!(mongo.full_document, mongo::FullDocumentMode::UpdateLookup);
+        assert!(!mongo.pre_images);
+    }
+
+    #[test]
+    fn an_unknown_kind_is_named() {
+        let config =
+            load_text(&MINIMAL.replace("kind = \"postgres\"", "kind = \"mysql\"")).unwrap();
+        let err = SourceSpec::parse_all(&config).unwrap_err().to_string();
+        assert!(err.contains("mysql") && err.contains("app_pg"), "{err}");
     }
 }

@@ -3,9 +3,10 @@
 
 use super::position::Position;
 use super::session::{MongoError, MongoSource};
-use super::values::{document_to_row, key_of, millis_to_rfc3339};
+use super::values::{document_to_row, key_of};
 use crate::record::{Change, Op, TxMeta};
 use crate::source::CopyState;
+use crate::time::unix_millis_to_rfc3339;
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Database;
@@ -171,7 +172,7 @@ impl MongoSource {
             .send_modify(|s| s.initial_copy.current = Some(collection.clone()));
         let meta = Arc::new(TxMeta {
             source: self.name.clone(),
-            commit_time: millis_to_rfc3339(mongodb::bson::DateTime::now().timestamp_millis()),
+            commit_time: unix_millis_to_rfc3339(mongodb::bson::DateTime::now().timestamp_millis()),
             id: "copy".into(),
             position: position.to_string(),
         });

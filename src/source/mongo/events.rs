@@ -1,8 +1,9 @@
 //! Change events → changes of the unified record, and reassembly of split events.
 
-use super::values::{document_to_row, key_of, millis_to_rfc3339};
-use crate::config::FullDocumentMode;
+use super::config::FullDocumentMode;
+use super::values::{document_to_row, key_of};
 use crate::record::{Change, Op, TxMeta};
+use crate::time::unix_millis_to_rfc3339;
 use mongodb::bson::{Bson, Document};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -171,7 +172,7 @@ impl Mapper {
         };
         TxMeta {
             source: self.source.clone(),
-            commit_time: millis_to_rfc3339(millis),
+            commit_time: unix_millis_to_rfc3339(millis),
             id: transaction_of(event).unwrap_or_else(|| match cluster_time {
                 Some(ts) => format!("{}.{}", ts.time, ts.increment),
                 None => position.clone(),

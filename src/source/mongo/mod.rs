@@ -5,12 +5,16 @@
 //! [`values`]), appends them to the log with the stream's resume token as the position, and
 //! copies the collections on first start and whenever upstream history is lost ([`session`],
 //! [`copy`]).
-//! `crate::check::mongo` tells an operator what the deployment lacks.
+//! It owns its config section ([`MongoConfig`]); [`check`] tells an operator what the
+//! deployment lacks.
 
+pub mod check;
+mod config;
 mod copy;
 pub mod events;
 mod position;
 mod session;
 pub mod values;
 
+pub use config::{FullDocumentMode, MongoConfig};
 pub use session::{MongoError, MongoSource};

@@ -1,18 +1,17 @@
 //! One MongoDB source: open the change stream, copy on first start, stream into the log,
 //! resume after errors, re-copy when upstream history is lost.
 
+use super::config::{FullDocumentMode, MongoConfig};
 use super::events::{EventError, Mapper, Reassembly};
 use super::position::Position;
-use crate::config::{FullDocumentMode, SourceConfig};
-use crate::http::telemetry;
 use crate::log::{Log, LogError};
 use crate::record::{Change, TxMeta};
-use crate::source::backoff::{wait_for_shutdown, Backoff};
-use crate::source::{CopyState, SourceStatus};
+use crate::source::{CopyState, ErrorKind, Source, SourceStatus};
+use crate::telemetry;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::change_stream::ChangeStream;
-use mongodb::error::ErrorKind;
+use mongodb::error::ErrorKind as ErrorKind2;
 use mongodb::options::{ClientOptions, FullDocumentBeforeChangeType, FullDocumentType};
 use mongodb::{Client, Database};
 use std::sync::Arc;
@@ -25,8 +24,6 @@ const GROUP_MAX_CHANGES: usize = 5_000;
 const AWAIT_TIME: Duration = Duration::from_secs(1);
 /// An idle stream's fresh `postBatchResumeToken` is stored at most this often.
 const IDLE_TOKEN_INTERVAL: Duration = Duration::from_secs(5);
-/// How long a stopping session may take to commit what it holds.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// ChangeStreamHistoryLost.
 const HISTORY_LOST: i32 = 286;
 /// ChangeStreamFatalError: older servers' word for a lost resume point, among other things.
@@ -55,9 +52,23 @@ pub enum MongoError {
     Recopy,
 }
 
+/// Server error codes that mean the deployment refuses the relay as configured:
+/// Unauthorized (13), AuthenticationFailed (18).
+const REFUSED: &[i32] = &[13, 18];
+
 impl MongoError {
-    fn is_fatal(&self) -> bool {
-        matches!(self, MongoError::Config { .. } | MongoError::NoToken)
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            MongoError::Config { .. } | MongoError::NoToken => ErrorKind::Fatal,
+            MongoError::Log(e) if e.is_fatal() => ErrorKind::Fatal,
+            MongoError::Recopy => ErrorKind::Reset,
+            MongoError::Driver(e) => match e.kind.as_ref() {
+                ErrorKind2::Authentication { .. } => ErrorKind::Config,
+                ErrorKind2::Command(c) if REFUSED.contains(&c.code) => ErrorKind::Config,
+                _ => ErrorKind::Retry,
+            },
+            _ => ErrorKind::Retry,
+        }
     }
 }
 
@@ -65,7 +76,7 @@ impl MongoError {
 /// longer in the oplog.
 fn is_history_lost(error: &mongodb::error::Error) -> bool {
     match error.kind.as_ref() {
-        ErrorKind::Command(c) => {
+        ErrorKind2::Command(c) => {
             c.code == HISTORY_LOST || (c.code == FATAL && c.message.contains("oplog"))
         }
         _ => false,
@@ -79,37 +90,24 @@ pub struct MongoSource {
     full_document: FullDocumentMode,
     pub(super) log: Log,
     pub(super) status: watch::Sender<SourceStatus>,
+    /// Kept across sessions: the driver reconnects by itself.
+    client: Option<Client>,
 }
 
 impl MongoSource {
-    pub fn new(config: &SourceConfig, log: Log) -> Result<MongoSource, MongoError> {
-        let config_err = |message: String| MongoError::Config {
-            source_name: config.name.clone(),
-            message,
-        };
-        let url = config.resolve_url().map_err(config_err)?;
-        // Syntax and options now (a typo is not worth retrying); SRV lookups at connect time.
-        if let Err(e) = mongodb::options::ConnectionString::parse(&url) {
-            return Err(config_err(format!(
-                "invalid MongoDB URL ({e}): write it as mongodb://HOST:27017/?replicaSet=NAME or mongodb+srv://HOST/"
-            )));
-        }
-        let database = config
-            .database
-            .clone()
-            .ok_or_else(|| config_err("kind = \"mongodb\" needs database = \"…\"".into()))?;
+    pub fn new(config: &MongoConfig, log: Log) -> MongoSource {
         let status = SourceStatus {
             name: config.name.clone(),
             kind: "mongodb",
             ..SourceStatus::default()
         };
-        Ok(MongoSource {
+        MongoSource {
             name: config.name.as_str().into(),
-            url,
+            url: config.url.clone(),
             mapper: Mapper {
                 source: config.name.as_str().into(),
-                database,
-                collections: (!config.all_collections())
+                database: config.database.clone(),
+                collections: (!config.all_collections)
                     .then(|| config.collections.iter().cloned().collect()),
                 pre_images: config.pre_images,
                 full_document: config.full_document,
@@ -117,62 +115,25 @@ impl MongoSource {
             full_document: config.full_document,
             log,
             status: watch::channel(status).0,
-        })
-    }
-
-    pub fn status(&self) -> watch::Receiver<SourceStatus> {
-        self.status.subscribe()
-    }
-
-    /// Streams until `shutdown` turns true, reconnecting with backoff. Returns an error only for
-    /// problems retrying cannot fix.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), MongoError> {
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let mut client: Option<Client> = None;
-        loop {
-            let started = Instant::now();
-            // The session commits what it holds when told to stop; a copy in progress is
-            // abandoned after a grace period (it restarts from its stored position).
-            let mut session_shutdown = shutdown.clone();
-            let result = tokio::select! {
-                r = self.session(&mut client, &mut session_shutdown) => r,
-                _ = async {
-                    wait_for_shutdown(&mut shutdown).await;
-                    tokio::time::sleep(SHUTDOWN_GRACE).await;
-                } => Ok(()),
-            };
-            let result = match result {
-                Err(MongoError::Recopy) => continue,
-                other => other,
-            };
-            let lasted = started.elapsed();
-            if let Some(end) = backoff
-                .after_session(
-                    result,
-                    MongoError::is_fatal,
-                    lasted,
-                    &self.status,
-                    &mut shutdown,
-                )
-                .await
-            {
-                return end;
-            }
+            client: None,
         }
     }
 
-    async fn session(
-        &self,
-        client: &mut Option<Client>,
+    pub fn status_receiver(&self) -> watch::Receiver<SourceStatus> {
+        self.status.subscribe()
+    }
+
+    async fn one_session(
+        &mut self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), MongoError> {
-        let client = match client.take() {
-            Some(kept) => client.insert(kept),
+        let client = match self.client.take() {
+            Some(kept) => self.client.insert(kept),
             None => {
                 // Parsing resolves mongodb+srv:// names, so it belongs to the retried part.
                 let mut options = ClientOptions::parse(&self.url).await?;
                 options.app_name.get_or_insert_with(|| "deltarelay".into());
-                client.insert(Client::with_options(options)?)
+                self.client.insert(Client::with_options(options)?)
             }
         };
         let db = client.database(&self.mapper.database);
@@ -409,6 +370,22 @@ impl MongoSource {
     }
 }
 
+impl Source for MongoSource {
+    type Error = MongoError;
+
+    fn status(&self) -> &watch::Sender<SourceStatus> {
+        &self.status
+    }
+
+    async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), MongoError> {
+        self.one_session(shutdown).await
+    }
+
+    fn classify(error: &MongoError) -> ErrorKind {
+        error.kind()
+    }
+}
+
 /// Changes received but not yet committed, grouped by upstream transaction.
 #[derive(Default)]
 struct Pending {
@@ -446,7 +423,7 @@ fn token_bson(token: &ResumeToken) -> Result<Bson, MongoError> {
 async fn supports_split_events(db: &Database) -> Result<bool, MongoError> {
     let info = match db.run_command(doc! {"buildInfo": 1}).await {
         Ok(info) => info,
-        Err(e) if matches!(e.kind.as_ref(), ErrorKind::Command(_)) => {
+        Err(e) if matches!(e.kind.as_ref(), ErrorKind2::Command(_)) => {
             tracing::warn!(error = %e, "buildInfo refused: events over 16 MiB will fail the stream");
             return Ok(false);
         }

@@ -1,12 +1,8 @@
 //! BSON → JSON (relaxed Extended JSON v2) and the record fields derived from change events.
 
 use crate::record::Row;
-use crate::source::postgres::pgoutput::pg_micros_to_rfc3339;
 use mongodb::bson::{Bson, Document};
 use serde_json::Value;
-
-/// Seconds from 1970-01-01 to 2000-01-01, the epoch of the shared timestamp formatter.
-const UNIX_TO_2000_SECONDS: i64 = 946_684_800;
 
 /// A document as a JSON object in relaxed Extended JSON v2 (ObjectId → `{"$oid": …}`, dates
 /// → `{"$date": "…"}`, 32/64-bit integers and finite doubles → plain numbers).
@@ -22,14 +18,6 @@ pub fn key_of(id: Bson) -> Row {
     let mut key = Row::new();
     key.insert("_id".into(), id.into_relaxed_extjson());
     key
-}
-
-/// Unix milliseconds → RFC 3339 UTC with microseconds.
-pub fn millis_to_rfc3339(millis: i64) -> String {
-    let micros = millis
-        .saturating_sub(UNIX_TO_2000_SECONDS * 1000)
-        .saturating_mul(1000);
-    pg_micros_to_rfc3339(micros)
 }
 
 /// A resume token as text: its relaxed Extended JSON (`{"_data":"8263…"}` on current servers).
@@ -68,14 +56,6 @@ mod tests {
         assert_eq!(
             Value::Object(key_of(Bson::ObjectId(oid))),
             json!({"_id": {"$oid": "65a1b2c3d4e5f60718293a4b"}})
-        );
-    }
-
-    #[test]
-    fn formats_wall_time_with_microseconds() {
-        assert_eq!(
-            millis_to_rfc3339(1_736_938_800_123),
-            "2025-01-15T11:00:00.123000Z"
         );
     }
 

@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("query failed: {0}")]
+    #[error("query failed: {}", super::pg_error::describe(.0))]
     Query(#[from] tokio_postgres::Error),
     #[error("{0}")]
     Unusable(String),

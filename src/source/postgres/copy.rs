@@ -16,14 +16,13 @@
 
 use super::catalog::{self, CatalogError, TypeCache};
 use super::changes::{ShapeError, TableShape};
-use super::pgoutput::{self, Relation, RelationColumn, ReplicaIdentity, TupleValue};
-use super::replication::pg_now_micros;
+use super::pgoutput::{Relation, RelationColumn, ReplicaIdentity, TupleValue};
 use super::Lsn;
 use crate::config::split_table_name;
-use crate::http::telemetry;
 use crate::log::{Log, LogError};
 use crate::record::{Change, TxMeta};
 use crate::source::{CopyState, SourceStatus};
+use crate::telemetry;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -40,12 +39,12 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
-    #[error("copying {table}: {source}")]
+    #[error("copying {table}: {}", super::pg_error::describe(.source))]
     Query {
         table: String,
         source: tokio_postgres::Error,
     },
-    #[error("preparing the copy snapshot: {0}")]
+    #[error("preparing the copy snapshot: {}", super::pg_error::describe(.0))]
     Snapshot(tokio_postgres::Error),
     #[error("copying {table}: malformed COPY output: {message}")]
     Format { table: String, message: String },
@@ -323,7 +322,7 @@ impl Copier {
     async fn write(&self, batch: Vec<Change>, copied: &CopiedTables) -> Result<(), CopyError> {
         let meta = Arc::new(TxMeta {
             source: self.source.clone(),
-            commit_time: pgoutput::pg_micros_to_rfc3339(pg_now_micros()),
+            commit_time: crate::time::pg_micros_to_rfc3339(crate::time::pg_now_micros()),
             id: "initial-copy".into(),
             position: self.position.to_string(),
         });

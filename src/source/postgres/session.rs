@@ -3,6 +3,7 @@
 use super::ack::AckTracker;
 use super::catalog::{self, CatalogError, TypeCache};
 use super::changes::{ShapeError, TableShape};
+use super::config::PostgresConfig;
 use super::copy::{CopiedTables, Copier, CopyError};
 use super::pgoutput::{self, DecodeError, PgOutputMessage, Relation};
 use super::replication::{
@@ -10,12 +11,10 @@ use super::replication::{
 };
 use super::tls::PgTls;
 use super::Lsn;
-use crate::config::SourceConfig;
-use crate::http::telemetry;
 use crate::log::{Log, LogError, LogTxn};
 use crate::record::{Change, TxMeta};
-use crate::source::backoff::Backoff;
-use crate::source::{CopyState, SourceStatus};
+use crate::source::{CopyState, ErrorKind, Source, SourceStatus};
+use crate::telemetry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,14 +85,38 @@ async fn bounded<T, E: Into<SourceError>>(
 }
 
 impl SourceError {
-    /// Errors that retrying cannot fix: the relay stops and says why.
-    pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
+    /// Errors that retrying cannot fix stop the relay; a login or privilege the server
+    /// refuses is the operator's to fix, and said so while it is retried.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
             SourceError::Config { .. }
-                | SourceError::Copy(CopyError::Shape(_))
-                | SourceError::Catalog(CatalogError::Unusable(_))
-        )
+            | SourceError::Copy(CopyError::Shape(_))
+            | SourceError::Catalog(CatalogError::Unusable(_)) => ErrorKind::Fatal,
+            SourceError::Log(e) if e.is_fatal() => ErrorKind::Fatal,
+            _ if self
+                .sqlstate()
+                .is_some_and(super::pg_error::is_configuration) =>
+            {
+                ErrorKind::Config
+            }
+            SourceError::Replication(ReplicationError::Auth(_)) => ErrorKind::Config,
+            _ => ErrorKind::Retry,
+        }
+    }
+
+    /// The server's SQLSTATE, when the server refused something.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            SourceError::Catalog(CatalogError::Query(e)) => super::pg_error::sqlstate(e),
+            SourceError::Copy(CopyError::Query { source, .. } | CopyError::Snapshot(source)) => {
+                super::pg_error::sqlstate(source)
+            }
+            SourceError::Copy(CopyError::Catalog(CatalogError::Query(e))) => {
+                super::pg_error::sqlstate(e)
+            }
+            SourceError::Replication(e) => e.sqlstate(),
+            _ => None,
+        }
     }
 }
 
@@ -112,72 +135,36 @@ pub struct PostgresSource {
 }
 
 impl PostgresSource {
-    pub fn new(config: &SourceConfig, log: Log) -> Result<PostgresSource, SourceError> {
-        let config_err = |message: String| SourceError::Config {
+    pub fn new(config: &PostgresConfig, log: Log) -> Result<PostgresSource, SourceError> {
+        let (pg_config, tls) = super::tls::parse(&config.url).map_err(|e| SourceError::Config {
             source_name: config.name.clone(),
-            message,
-        };
-        let url = config.resolve_url().map_err(config_err)?;
-        let (pg_config, tls) = super::tls::parse(&url).map_err(config_err)?;
+            message: e.to_string(),
+        })?;
         let status = SourceStatus {
             name: config.name.clone(),
             kind: "postgres",
-            slot: Some(config.slot_name()),
+            slot: Some(config.slot.clone()),
             ..SourceStatus::default()
         };
         Ok(PostgresSource {
             name: config.name.as_str().into(),
             pg_config,
             tls,
-            slot: config.slot_name(),
-            publication: config.publication_name(),
-            all_tables: config.all_tables(),
+            slot: config.slot.clone(),
+            publication: config.publication.clone(),
+            all_tables: config.all_tables,
             timeout: config.replication_timeout,
-            tables: if config.all_tables() {
-                vec![]
-            } else {
-                config.tables.clone()
-            },
+            tables: config.tables.clone(),
             log,
             status: Arc::new(watch::channel(status).0),
         })
     }
 
-    pub fn status(&self) -> watch::Receiver<SourceStatus> {
+    pub fn status_receiver(&self) -> watch::Receiver<SourceStatus> {
         self.status.subscribe()
     }
 
-    /// Streams until `shutdown` turns true (or its sender goes away), reconnecting with backoff.
-    /// Returns an error only for problems retrying cannot fix.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), SourceError> {
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        loop {
-            let started = Instant::now();
-            let position = self.status.borrow().position.clone();
-            let result = self.session(&mut shutdown).await;
-            let lasted = started.elapsed();
-            // A session that moved the log forward was healthy, however short: the next
-            // outage starts from the shortest delay. (A session failing again and again at the
-            // same position still backs off.)
-            if self.status.borrow().position != position {
-                backoff.reset();
-            }
-            if let Some(end) = backoff
-                .after_session(
-                    result,
-                    SourceError::is_fatal,
-                    lasted,
-                    &self.status,
-                    &mut shutdown,
-                )
-                .await
-            {
-                return end;
-            }
-        }
-    }
-
-    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SourceError> {
+    async fn one_session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SourceError> {
         // Opening may run a long first copy: a stop request must not wait for it.
         let mut session = tokio::select! {
             opened = Session::open(self) => opened?,
@@ -197,6 +184,22 @@ impl PostgresSource {
                 Err(e)
             }
         }
+    }
+}
+
+impl Source for PostgresSource {
+    type Error = SourceError;
+
+    fn status(&self) -> &watch::Sender<SourceStatus> {
+        &self.status
+    }
+
+    async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SourceError> {
+        self.one_session(shutdown).await
+    }
+
+    fn classify(error: &SourceError) -> ErrorKind {
+        error.kind()
     }
 }
 
@@ -514,7 +517,7 @@ impl<'a> Session<'a> {
                 self.upstream = Some(Upstream {
                     meta: Arc::new(TxMeta {
                         source: self.source.name.clone(),
-                        commit_time: pgoutput::pg_micros_to_rfc3339(commit_time),
+                        commit_time: crate::time::pg_micros_to_rfc3339(commit_time),
                         id: xid.to_string(),
                         position: final_lsn.to_string(),
                     }),
@@ -746,12 +749,7 @@ impl PostgresSource {
     }
 
     async fn has_entries(&self) -> Result<bool, SourceError> {
-        let log = self.log.clone();
-        let name = self.name.to_string();
-        tokio::task::spawn_blocking(move || log.reader()?.has_entries_of(&name))
-            .await
-            .map_err(|e| SourceError::CopyTask(e.to_string()))?
-            .map_err(SourceError::from)
+        Ok(self.log.has_entries_of(&self.name).await?)
     }
 
     /// Tables copied earlier but no longer configured: their entries leave the log and the

@@ -1,0 +1,693 @@
+//! The log's single writer: appends changes inside one SQLite transaction, compacts by key,
+//! stores the source position with them, and commits. Synchronous; [`super::Log`] runs it on its
+//! own thread.
+
+mod entry;
+mod maintenance;
+
+use super::cursor::Cursor;
+use super::large::{self, Marks};
+use super::scope::{self, ScopeColumns};
+use super::store;
+use super::LogError;
+use crate::record::{key_text, Change, ChangeRecordRef, Op, Row, TxInfoRef, TxMeta};
+use crate::sse::ChangeEvent;
+use entry::{fill_unchanged, Apart, Entry, LiveEntry, StoredColumns};
+use rusqlite::{params, Connection};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// At most this many records of one commit are kept in memory for live subscribers; a larger
+/// commit is announced by range only and subscribers read it from the log.
+pub const MAX_BROADCAST_RECORDS: usize = 10_000;
+/// Nor more than this many bytes of events: a commit of many large rows is announced by range.
+pub const MAX_BROADCAST_BYTES: usize = 16 << 20;
+
+/// A record as stored, ready to be sent: serialized once, shared by every subscriber.
+#[derive(Debug)]
+pub struct StoredRecord {
+    pub seq: u64,
+    pub txn: u64,
+    pub collection: String,
+    pub op: Op,
+    /// The entry's scope value (`''` when unscoped): live subscribers filter on it exactly as
+    /// scoped reads of the log do.
+    pub scope: String,
+    /// The record framed as the SSE event `/v1/stream` sends (its JSON is what the log stores).
+    pub event: ChangeEvent,
+}
+
+/// What one log commit made visible: entries with `after_seq < seq <= last_seq`.
+#[derive(Debug)]
+pub struct Committed {
+    pub after_seq: u64,
+    pub last_seq: u64,
+    /// The surviving records in seq order, or `None` when the commit was too large to hold.
+    pub records: Option<Vec<Arc<StoredRecord>>>,
+    /// Cursors below this seq are expired (purged tombstones or a reset source): a subscriber
+    /// positioned below it can no longer be served a complete history and must start over.
+    pub purged_seq: u64,
+}
+
+pub struct LogWriter {
+    conn: Connection,
+    epoch: u32,
+    /// The last seq of the committed log.
+    committed_seq: u64,
+    purged_seq: u64,
+    open: Option<OpenTxn>,
+    /// Collection → scope column, from the config.
+    scopes: ScopeColumns,
+    /// The last record's JSON length: room to reserve for the next (records of a table are
+    /// alike), so that serializing one rarely grows its buffer.
+    record_size_hint: usize,
+    /// Whether anyone listens for live records; asked as each local transaction opens.
+    listeners: Box<dyn Fn() -> bool + Send>,
+    /// Collections with values stored apart (large.rs), so that the others never look for any.
+    /// May name a collection that has none left.
+    large_collections: HashSet<String>,
+    marks: Marks,
+}
+
+struct OpenTxn {
+    next_seq: u64,
+    last_tx: Option<(Arc<TxMeta>, u64)>,
+    broadcast: Option<Vec<Option<Arc<StoredRecord>>>>,
+    /// The bytes of the events in `broadcast`.
+    broadcast_bytes: usize,
+    /// Where each (collection, key, scope) sits in `broadcast`, to drop superseded versions.
+    broadcast_index: HashMap<(String, String, String), usize, foldhash::fast::RandomState>,
+}
+
+impl LogWriter {
+    #[cfg(test)]
+    pub fn open(dir: &Path) -> Result<LogWriter, LogError> {
+        LogWriter::open_scoped(dir, ScopeColumns::new())
+    }
+
+    /// Opens the log with the configured scope columns; recomputes stored scopes if they changed.
+    pub fn open_scoped(dir: &Path, scopes: ScopeColumns) -> Result<LogWriter, LogError> {
+        std::fs::create_dir_all(dir).map_err(|source| LogError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let conn = store::open_for_writing(dir)?;
+        scope::reconcile(&conn, &scopes)?;
+        let epoch = match store::get_meta(&conn, "epoch")? {
+            Some(text) => text
+                .parse()
+                .map_err(|_| LogError::Corrupt(format!("meta epoch {text:?} is not a number")))?,
+            None => {
+                let epoch = new_epoch();
+                store::set_meta(&conn, "epoch", &epoch.to_string())?;
+                epoch
+            }
+        };
+        let committed_seq = match store::get_meta(&conn, "head_seq")? {
+            Some(text) => text.parse().map_err(|_| {
+                LogError::Corrupt(format!("meta head_seq {text:?} is not a number"))
+            })?,
+            None => 0,
+        };
+        let purged_seq = store::get_meta(&conn, "purged_seq")?
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(0);
+        let large_collections = large::collections(&conn)?;
+        Ok(LogWriter {
+            conn,
+            epoch,
+            committed_seq,
+            purged_seq,
+            open: None,
+            scopes,
+            record_size_hint: 0,
+            listeners: Box::new(|| true),
+            large_collections,
+            marks: Marks::random(),
+        })
+    }
+
+    /// Keeps the records of a commit for live subscribers only while `listeners` says someone
+    /// listens when the local transaction opens. Otherwise the commit is announced by range
+    /// only: a subscriber that arrives meanwhile reads that range from the log, as it does for
+    /// a commit too large to hold.
+    pub fn hold_records_while(&mut self, listeners: impl Fn() -> bool + Send + 'static) {
+        self.listeners = Box::new(listeners);
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    #[cfg(test)]
+    pub(crate) fn use_marks(&mut self, marks: Marks) {
+        self.marks = marks;
+    }
+
+    pub fn head_seq(&self) -> u64 {
+        self.committed_seq
+    }
+
+    pub fn purged_seq(&self) -> u64 {
+        self.purged_seq
+    }
+
+    pub fn position(&self, source: &str) -> Result<Option<String>, LogError> {
+        Ok(store::position(&self.conn, source)?)
+    }
+
+    fn ensure_open(&mut self) -> Result<(), LogError> {
+        if self.open.is_none() {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.open = Some(OpenTxn {
+                next_seq: self.committed_seq + 1,
+                last_tx: None,
+                broadcast: (self.listeners)().then(Vec::new),
+                broadcast_bytes: 0,
+                broadcast_index: HashMap::default(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends one change of the upstream transaction `tx` to the open local transaction.
+    pub fn append(&mut self, tx: &Arc<TxMeta>, change: Change) -> Result<(), LogError> {
+        self.ensure_open()?;
+        let Change {
+            collection,
+            op,
+            key,
+            old_key,
+            mut after,
+            before,
+            changed,
+            mut unchanged,
+        } = change;
+        if op == Op::Truncate {
+            self.conn
+                .prepare_cached("DELETE FROM entries WHERE collection = ?1")?
+                .execute([&collection])?;
+            if self.large_collections.contains(&collection) {
+                large::remove_collection(&self.conn, &collection)?;
+            }
+            return self.write(
+                tx,
+                Entry {
+                    collection,
+                    op,
+                    key: None,
+                    scope: String::new(),
+                    after: None,
+                    before: None,
+                    changed: None,
+                    unchanged: vec![],
+                    apart: vec![],
+                    replaces: None,
+                },
+            );
+        }
+        let key = key.ok_or_else(|| {
+            LogError::Invalid(format!("a {} in {collection} carries no key", op.as_str()))
+        })?;
+        let old_key = old_key.filter(|old| *old != key);
+        let column = self.scopes.get(&collection).cloned();
+        let has_large = self.large_collections.contains(&collection);
+        // The row's current version in the log (under its old key if the key changed).
+        let previous_key = old_key.as_ref().unwrap_or(&key);
+        let previous = if column.is_some() || !unchanged.is_empty() || has_large {
+            self.live_entry(&collection, previous_key)?
+        } else {
+            None
+        };
+        let previous_apart = match previous.as_ref().and_then(|p| p.large.as_deref()) {
+            Some(text) => large::columns_of(text)?,
+            None => Vec::new(),
+        };
+        // Unchanged columns stored apart stay there: the new version refers to them.
+        let mut kept = Vec::new();
+        if !previous_apart.is_empty() {
+            unchanged.retain(|c| {
+                let apart = previous_apart.contains(c);
+                if apart {
+                    kept.push(c.clone());
+                }
+                !apart
+            });
+        }
+        if !unchanged.is_empty() {
+            fill_unchanged(previous.as_ref(), &mut after, &mut unchanged)?;
+        }
+        let previous_seq = previous.as_ref().map(|p| p.seq);
+        let previous_scope = previous.map(|p| p.scope);
+        let scope_of = |row: Option<&Row>| column.as_deref().and_then(|c| scope::row_scope(row, c));
+        let tombstone = |key: Row, scope: String, before: Option<Row>| Entry {
+            collection: collection.clone(),
+            op: Op::Delete,
+            key: Some(key),
+            scope,
+            after: None,
+            before,
+            changed: None,
+            unchanged: vec![],
+            apart: vec![],
+            replaces: None,
+        };
+        if op == Op::Delete {
+            if has_large {
+                large::remove_key(&self.conn, &collection, &key_text(&key))?;
+            }
+            // Deliver the delete where the row was: its previous version decides, then the old
+            // image (REPLICA IDENTITY FULL), else nowhere in particular.
+            let scope = previous_scope
+                .or_else(|| scope_of(before.as_ref()))
+                .unwrap_or_default();
+            return self.write(tx, tombstone(key, scope, before));
+        }
+        let apart = self.store_apart(
+            &collection,
+            &key,
+            old_key.as_ref(),
+            column.as_deref(),
+            after.as_mut(),
+            kept,
+            &previous_apart,
+        )?;
+        let scope = scope_of(after.as_ref())
+            .or_else(|| previous_scope.clone())
+            .unwrap_or_default();
+        let mut moved = false;
+        if let Some(old_key) = old_key {
+            // A key change: the old key is gone (where it was), the new key is new.
+            let old_scope = previous_scope.unwrap_or_else(|| scope.clone());
+            self.write(tx, tombstone(old_key, old_scope, before.clone()))?;
+            moved = true;
+            if column.is_some() {
+                if let Some(stale) = self.live_entry(&collection, &key)? {
+                    if stale.scope != scope {
+                        self.write(tx, tombstone(key.clone(), stale.scope, None))?;
+                    }
+                }
+            }
+        } else if let Some(old_scope) = previous_scope.filter(|s| *s != scope) {
+            // The row left its scope: a delete there first, then an insert in the new one.
+            self.write(tx, tombstone(key.clone(), old_scope, None))?;
+            moved = true;
+        }
+        let entry = if moved {
+            Entry {
+                collection,
+                op: Op::Insert,
+                key: Some(key),
+                scope,
+                after,
+                before: None,
+                changed: None,
+                unchanged,
+                apart,
+                replaces: None,
+            }
+        } else {
+            Entry {
+                collection,
+                op,
+                key: Some(key),
+                scope,
+                after,
+                before,
+                changed,
+                unchanged,
+                apart,
+                // Same key, same scope: the row's live entry is the one this one replaces.
+                replaces: previous_seq,
+            }
+        };
+        self.write(tx, entry)
+    }
+
+    /// Stores the large values of a row's new version apart (large.rs) and removes those of
+    /// its previous version it no longer has. `kept`: unchanged columns whose stored value the
+    /// new version refers to; `previous_apart`: the columns the previous version had stored
+    /// apart (under `old_key` when the key changed). The scope column always stays in the
+    /// record, where scopes are computed from. Returns what the new record stores apart.
+    #[allow(clippy::too_many_arguments)]
+    fn store_apart(
+        &mut self,
+        collection: &str,
+        key: &Row,
+        old_key: Option<&Row>,
+        scope_column: Option<&str>,
+        after: Option<&mut Row>,
+        kept: Vec<String>,
+        previous_apart: &[String],
+    ) -> Result<Vec<Apart>, LogError> {
+        let mut apart = Vec::new();
+        let row_key = key_text(key);
+        let old_row_key = old_key.map(key_text);
+        if let Some(after) = after {
+            for (column, value) in after.iter() {
+                if large::is_large(value) && Some(column.as_str()) != scope_column {
+                    let json = serde_json::to_vec(value)?;
+                    large::put(&self.conn, collection, &row_key, column, &json)?;
+                    apart.push(Apart {
+                        column: column.clone(),
+                        json: Some(json),
+                    });
+                }
+            }
+            if !apart.is_empty() {
+                self.large_collections.insert(collection.to_string());
+            }
+            for column in kept {
+                if let Some(old) = &old_row_key {
+                    large::copy(&self.conn, collection, old, &row_key, &column)?;
+                }
+                // Holds the column's place in the row until the record is written.
+                after.insert(column.clone(), Value::Null);
+                apart.push(Apart { column, json: None });
+            }
+        }
+        let still_apart = |c: &String| apart.iter().any(|a| a.column == *c);
+        match &old_row_key {
+            Some(old) => {
+                large::remove_key(&self.conn, collection, old)?;
+                // The new key may have had a live version of its own (in another scope).
+                for column in large::columns(&self.conn, collection, &row_key)? {
+                    if !still_apart(&column) {
+                        large::remove(&self.conn, collection, &row_key, &column)?;
+                    }
+                }
+            }
+            None => {
+                for column in previous_apart.iter().filter(|c| !still_apart(c)) {
+                    large::remove(&self.conn, collection, &row_key, column)?;
+                }
+            }
+        }
+        Ok(apart)
+    }
+
+    /// Appends a row read by an initial copy, unless the stream has written that key since the
+    /// copy began (an entry with `seq > floor`): the stream's version is at least as new, and
+    /// the stream delivers every later change of the key itself. Returns whether it was written.
+    pub fn append_copied(
+        &mut self,
+        tx: &Arc<TxMeta>,
+        change: Change,
+        floor: u64,
+    ) -> Result<bool, LogError> {
+        self.ensure_open()?;
+        let key = change.key.as_ref().map(key_text).ok_or_else(|| {
+            LogError::Invalid(format!(
+                "a copied row of {} carries no key",
+                change.collection
+            ))
+        })?;
+        // Equality on (collection, key) only, so that SQLite seeks the key's index entries
+        // rather than scanning the collection by seq (which made copies quadratic).
+        let mut newer = false;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq FROM entries WHERE collection = ?1 AND key = ?2")?;
+        let mut rows = stmt.query(params![change.collection, key])?;
+        while let Some(row) = rows.next()? {
+            newer |= row.get::<_, i64>(0)? as u64 > floor;
+        }
+        drop(rows);
+        drop(stmt);
+        if newer {
+            return Ok(false);
+        }
+        self.append(tx, change)?;
+        Ok(true)
+    }
+
+    /// The key's live (not deleted) entry, if any. There is at most one: a row that changes
+    /// scope leaves a tombstone in the old one.
+    fn live_entry(&mut self, collection: &str, key: &Row) -> Result<Option<LiveEntry>, LogError> {
+        // Equality on (collection, key) only, so that SQLite seeks the key's few index entries
+        // (one per scope it has been in) instead of walking the collection by seq.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, scope, record, large FROM entries WHERE collection = ?1 AND key = ?2
+             AND op NOT IN ('delete', 'truncate')",
+        )?;
+        let mut rows = stmt.query(params![collection, key_text(key)])?;
+        let mut live: Option<(i64, LiveEntry)> = None;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            if live.as_ref().map_or(true, |(newest, _)| seq > *newest) {
+                let entry = LiveEntry {
+                    seq,
+                    scope: row.get(1)?,
+                    record: row.get(2)?,
+                    large: row.get(3)?,
+                };
+                live = Some((seq, entry));
+            }
+        }
+        Ok(live.map(|(_, entry)| entry))
+    }
+
+    fn write(&mut self, tx: &Arc<TxMeta>, entry: Entry) -> Result<(), LogError> {
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| LogError::Invalid("no open transaction".into()))?;
+        let seq = open.next_seq;
+        open.next_seq += 1;
+        let txn = match &open.last_tx {
+            Some((last, txn)) if Arc::ptr_eq(last, tx) => *txn,
+            _ => {
+                open.last_tx = Some((tx.clone(), seq));
+                seq
+            }
+        };
+        let key = entry.key.as_ref().map(key_text).unwrap_or_default();
+        let cursor = Cursor {
+            epoch: self.epoch,
+            seq,
+        }
+        .to_string();
+        let broadcasting = open.broadcast.is_some();
+        let Entry {
+            collection,
+            op,
+            key: entry_key,
+            scope,
+            mut after,
+            before,
+            changed,
+            unchanged,
+            apart,
+            replaces,
+        } = entry;
+        let serialize = |after: Option<&Row>, buf: &mut Vec<u8>| {
+            let record = ChangeRecordRef {
+                cursor: &cursor,
+                source: &tx.source,
+                collection: &collection,
+                op,
+                key: entry_key.as_ref(),
+                after,
+                before: before.as_ref(),
+                changed: changed.as_deref(),
+                unchanged: &unchanged,
+                commit_time: &tx.commit_time,
+                tx: TxInfoRef {
+                    id: &tx.id,
+                    position: &tx.position,
+                },
+            };
+            serde_json::to_writer(buf, &record)
+        };
+        let (event, cut) = if apart.is_empty() {
+            // Serialized once, straight into the SSE event every live subscriber sends.
+            let event = ChangeEvent::build(&cursor, self.record_size_hint, |buf| {
+                serialize(after.as_ref(), buf)
+            })?;
+            self.record_size_hint = event.json().len();
+            (Some(event), None)
+        } else {
+            let columns: Vec<&str> = apart.iter().map(|a| a.column.as_str()).collect();
+            let mut attempts = 0;
+            let (stored, splices) = loop {
+                // Values stored apart are marked in the row, found in the JSON and cut out.
+                if let Some(after) = after.as_mut() {
+                    for (index, value) in apart.iter().enumerate() {
+                        after.insert(value.column.clone(), self.marks.mark(index));
+                    }
+                }
+                let mut json = Vec::with_capacity(self.record_size_hint);
+                serialize(after.as_ref(), &mut json)?;
+                if let Some(cut) = large::cut(&json, &self.marks, &columns) {
+                    break cut;
+                }
+                // The row holds one of the marks itself: mark again with another number.
+                attempts += 1;
+                if attempts == 8 {
+                    return Err(LogError::Invalid(format!(
+                        "a row of {collection} keeps colliding with the log's large-value marks"
+                    )));
+                }
+                self.marks.redraw();
+            };
+            let event = if broadcasting {
+                let size = stored.len() + apart.len() * 4 * large::LARGE_VALUE_BYTES;
+                Some(ChangeEvent::build(&cursor, size, |buf| {
+                    large::splice_into(buf, &stored, &splices, |column, out| {
+                        match apart.iter().find(|a| a.column == column) {
+                            Some(Apart {
+                                json: Some(json), ..
+                            }) => {
+                                out.extend_from_slice(json);
+                                Ok(true)
+                            }
+                            _ => large::append_value(&self.conn, &collection, &key, column, out),
+                        }
+                    })
+                })?)
+            } else {
+                None
+            };
+            (event, Some((stored, large::encode(&splices)?)))
+        };
+        // Compaction: the key's earlier entry in this scope goes. A DELETE and a plain INSERT
+        // rather than INSERT OR REPLACE, which may touch two rows and so makes SQLite keep a
+        // statement journal of every page it changes. An insert usually has no earlier entry,
+        // so it tries the INSERT first and deletes only if the unique index says there is one
+        // (SQLite checks constraints before writing, so the failed attempt changed nothing).
+        let stored = StoredColumns {
+            seq,
+            txn,
+            collection: &collection,
+            key: &key,
+            op,
+            commit_time: &tx.commit_time,
+            record: match (&cut, &event) {
+                (Some((stored, _)), _) => stored,
+                (None, Some(event)) => event.json(),
+                (None, None) => &[],
+            },
+            large: cut.as_ref().map(|(_, large)| large.as_str()),
+            source: &tx.source,
+            scope: &scope,
+        };
+        if let Some(earlier) = replaces {
+            // Known already (read to fill or scope this one): replaced in one statement.
+            stored.replace(&self.conn, earlier)?;
+        } else if op != Op::Insert {
+            stored.delete_earlier(&self.conn)?;
+            stored.insert(&self.conn)?;
+        } else if let Err(e) = stored.insert(&self.conn) {
+            if e.sqlite_error_code() != Some(rusqlite::ErrorCode::ConstraintViolation) {
+                return Err(e.into());
+            }
+            stored.delete_earlier(&self.conn)?;
+            stored.insert(&self.conn)?;
+        }
+        let open = self
+            .open
+            .as_mut()
+            .ok_or_else(|| LogError::Invalid("no open transaction".into()))?;
+        if let Some(event) = event {
+            open.remember_for_broadcast(
+                StoredRecord {
+                    seq,
+                    txn,
+                    collection,
+                    op,
+                    scope,
+                    event,
+                },
+                key,
+            );
+        }
+        Ok(())
+    }
+
+    /// Stores `position` for `source` and commits everything appended since the last commit.
+    pub fn commit(&mut self, source: &str, position: &str) -> Result<Committed, LogError> {
+        self.ensure_open()?;
+        let result = self.commit_open(source, position);
+        if result.is_err() {
+            self.rollback();
+        }
+        result
+    }
+
+    fn commit_open(&mut self, source: &str, position: &str) -> Result<Committed, LogError> {
+        let last_seq = self
+            .open
+            .as_ref()
+            .map_or(self.committed_seq, |o| o.next_seq - 1);
+        self.conn
+            .prepare_cached(
+                "INSERT INTO positions (source, position, updated_at)
+                 VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+                 ON CONFLICT (source) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+            )?
+            .execute([source, position])?;
+        if last_seq != self.committed_seq {
+            store::set_meta(&self.conn, "head_seq", &last_seq.to_string())?;
+        }
+        self.conn.execute_batch("COMMIT")?;
+        let open = self.open.take();
+        let committed = Committed {
+            after_seq: self.committed_seq,
+            last_seq,
+            records: open
+                .and_then(|o| o.broadcast)
+                .map(|list| list.into_iter().flatten().collect()),
+            purged_seq: self.purged_seq,
+        };
+        self.committed_seq = last_seq;
+        Ok(committed)
+    }
+
+    /// Drops everything appended since the last commit.
+    pub fn rollback(&mut self) {
+        if self.open.take().is_some() {
+            // Fails only if SQLite already rolled back (e.g. after SQLITE_FULL); nothing to undo then.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+impl OpenTxn {
+    fn remember_for_broadcast(&mut self, record: StoredRecord, key: String) {
+        let Some(list) = self.broadcast.as_mut() else {
+            return;
+        };
+        self.broadcast_bytes += record.event.bytes().len();
+        if list.len() >= MAX_BROADCAST_RECORDS || self.broadcast_bytes > MAX_BROADCAST_BYTES {
+            self.broadcast = None;
+            self.broadcast_index.clear();
+            return;
+        }
+        if record.op == Op::Truncate {
+            // The truncate supersedes every earlier record of its collection in this commit.
+            for slot in list.iter_mut() {
+                if slot
+                    .as_ref()
+                    .is_some_and(|r| r.collection == record.collection)
+                {
+                    *slot = None;
+                }
+            }
+            self.broadcast_index
+                .retain(|(collection, _, _), _| *collection != record.collection);
+        }
+        let index_key = (record.collection.clone(), key, record.scope.clone());
+        if let Some(previous) = self.broadcast_index.insert(index_key, list.len()) {
+            list[previous] = None;
+        }
+        list.push(Some(Arc::new(record)));
+    }
+}
+
+/// A fresh epoch for a new log: random, so that a cursor from a deleted and recreated log does
+/// not look valid.
+fn new_epoch() -> u32 {
+    rand::random::<u32>() % 2_000_000_000 + 1
+}

@@ -1,0 +1,342 @@
+//! A small MongoDB wire-protocol server for tests: the real `mongodb` driver (in the tests and
+//! in the relay process) talks to it over TCP as if it were a single-node replica set.
+//!
+//! Emulated (following the OP_MSG, server discovery/monitoring and change-stream specs):
+//! - OP_MSG with section kinds 0 and 1 (the checksum flag is accepted and ignored,
+//!   `moreToCome` requests get no reply). Nothing else: the driver sends only OP_MSG.
+//! - `hello`/`isMaster` as the primary of replica set `rs0` (`helloOk`, `isWritablePrimary`,
+//!   `setName`, `hosts` = its own address, wire versions 0..21, size limits,
+//!   `logicalSessionTimeoutMinutes`). No `topologyVersion`, so the driver polls instead of
+//!   streaming `hello`.
+//! - `ping`, `buildInfo`, `endSessions`, `insert`, `update` (`$set`, `$unset`, `$inc` on top-level
+//!   fields, or a replacement document; `upsert`, `multi`), `delete` (`limit` 0/1), `find`
+//!   (equality filters on top-level fields, always in `_id` order, `batchSize`, `limit`),
+//!   `getMore`, `killCursors`, `drop`, `dropDatabase`, `create`/`collMod`
+//!   (`changeStreamPreAndPostImages`), `renameCollection`, `listCollections`, and `find` on
+//!   `local.oplog.rs` (first/last entry's `ts` and `wall`, for the oplog window).
+//! - Transactions: writes with `autocommit: false` are applied at once but their oplog entries
+//!   are held back until `commitTransaction` and then appear together, carrying `lsid` and
+//!   `txnNumber`. `abortTransaction` is not emulated (it answers an error).
+//! - `aggregate` with a `$changeStream` first stage (database- or collection-wide) over an
+//!   in-memory oplog: resume tokens (`{_data: hex}`), a distinct high-water-mark token before
+//!   the first event, `postBatchResumeToken` in every batch, `getMore` that waits for new
+//!   entries up to `maxTimeMS` (1 s by default), `resumeAfter`/`startAfter`/
+//!   `startAtOperationTime`, `fullDocument` (`default`, `updateLookup`, `whenAvailable`,
+//!   `required`), `fullDocumentBeforeChange` (pre-images of collections with
+//!   `changeStreamPreAndPostImages` enabled), `invalidate` after a collection stream's
+//!   collection is dropped or renamed and after `dropDatabase` for database streams,
+//!   `$match` stages (`$or`/`$and` of dotted paths compared by equality or `$in`),
+//!   `$changeStreamSplitLargeEvent` (fragments of events over 16 MiB), and error 286
+//!   (`ChangeStreamHistoryLost`) when a resume point fell out of the oplog window, which
+//!   keeps only the newest `window` entries.
+//! - Faults on request: drop every open socket, answer the next change-stream `getMore`s with
+//!   an error labelled `ResumableChangeStreamError`; a small oplog window from the start
+//!   (`start_with_window`).
+//!
+//! Not emulated: authentication, TLS, compression, read/write concerns (accepted and ignored),
+//! sessions beyond reading `lsid`, other pipeline stages or `$match` operators in change
+//! streams, query operators in CRUD commands, nested field paths in updates, indexes, `showExpandedEvents` events, sharding, more
+//! than one node, and cursor timeouts.
+
+mod change_streams;
+mod commands;
+mod id_order;
+
+use commands::run_command;
+use id_order::IdKey;
+
+use bson::{doc, Bson, DateTime, Document, Timestamp};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, watch};
+
+const OP_MSG: i32 = 2013;
+const MAX_BSON: usize = 16 * 1024 * 1024;
+const MAX_MESSAGE: usize = 48_000_000;
+const WIRE_VERSION: i32 = 21;
+const SET_NAME: &str = "rs0";
+
+/// The server: dropping it stops accepting and closes every connection.
+pub struct MongoWire {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    kill: broadcast::Sender<()>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+struct Shared {
+    addr: SocketAddr,
+    state: Mutex<State>,
+    head: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    colls: BTreeMap<String, Coll>,
+    oplog: VecDeque<Entry>,
+    /// Seq of the newest entry (0 = none yet).
+    head: u64,
+    window: usize,
+    cursors: HashMap<i64, CursorState>,
+    next_cursor: i64,
+    next_connection: i32,
+    getmore_faults: u32,
+    txns: HashMap<(Vec<u8>, i64), Vec<Document>>,
+    /// Change events sent to clients so far.
+    events_sent: std::sync::atomic::AtomicU64,
+    boot_secs: u32,
+}
+
+#[derive(Default)]
+struct Coll {
+    docs: BTreeMap<IdKey, Document>,
+    images: bool,
+}
+
+/// One oplog entry: the change event without its `_id`, plus the images it may need.
+struct Entry {
+    seq: u64,
+    ts: Timestamp,
+    wall: DateTime,
+    event: Document,
+    pre: Option<Document>,
+    post: Option<Document>,
+}
+
+enum CursorState {
+    Find {
+        ns: String,
+        docs: VecDeque<Document>,
+    },
+    Change(ChangeCursor),
+}
+
+struct ChangeCursor {
+    db: String,
+    /// `None` for a database-wide stream.
+    coll: Option<String>,
+    /// Oplog seq of the next entry to look at.
+    next_seq: u64,
+    /// Next fragment to return of a split event at `next_seq`.
+    next_fragment: u32,
+    full_document: String,
+    before_change: String,
+    split: bool,
+    /// `$match` stages, all of which an event must pass.
+    filters: Vec<Document>,
+    batch_size: usize,
+    ns: String,
+    invalidated: bool,
+}
+
+impl MongoWire {
+    /// Starts on a free port with an oplog window of 1,000,000 entries.
+    pub fn start() -> MongoWire {
+        MongoWire::start_with_window(1_000_000)
+    }
+
+    /// Starts on its own runtime (so that tests may block their own threads freely), keeping
+    /// only the newest `window` oplog entries.
+    pub fn start_with_window(window: usize) -> MongoWire {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mongo-wire")
+            .enable_all()
+            .build()
+            .unwrap();
+        // Bound without block_on: tests call this from inside their own runtime.
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let listener = {
+            let _context = runtime.enter();
+            TcpListener::from_std(std_listener).unwrap()
+        };
+        let addr = listener.local_addr().unwrap();
+        let boot_secs = DateTime::now().timestamp_millis() / 1000;
+        let shared = Arc::new(Shared {
+            addr,
+            state: Mutex::new(State {
+                window,
+                next_cursor: 1000,
+                boot_secs: boot_secs as u32,
+                ..State::default()
+            }),
+            head: watch::channel(0).0,
+        });
+        let (kill, _) = broadcast::channel(4);
+        {
+            let shared = shared.clone();
+            let kill = kill.clone();
+            runtime.spawn(async move {
+                while let Ok((socket, _)) = listener.accept().await {
+                    let _ = socket.set_nodelay(true);
+                    let shared = shared.clone();
+                    let mut killed = kill.subscribe();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = serve_connection(socket, shared) => {}
+                            _ = killed.recv() => {}
+                        }
+                    });
+                }
+            });
+        }
+        MongoWire {
+            addr,
+            shared,
+            kill,
+            runtime: Some(runtime),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A connection string the driver accepts for this server.
+    pub fn uri(&self) -> String {
+        format!(
+            "mongodb://{}/?replicaSet={SET_NAME}&serverSelectionTimeoutMS=5000",
+            self.addr
+        )
+    }
+
+    /// Closes every open connection (the listener keeps accepting).
+    pub fn drop_connections(&self) {
+        let _ = self.kill.send(());
+    }
+
+    /// The next `n` change-stream `getMore`s fail with a resumable error.
+    pub fn fail_change_stream_getmores(&self, n: u32) {
+        self.shared.lock().getmore_faults = n;
+    }
+
+    /// The documents of `db.coll` in `_id` order.
+    pub fn documents(&self, ns: &str) -> Vec<Document> {
+        let state = self.shared.lock();
+        state
+            .colls
+            .get(ns)
+            .map(|c| c.docs.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Change events sent to clients so far (after `$match`).
+    pub fn events_sent(&self) -> u64 {
+        let state = self.shared.lock();
+        state.events_sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Open cursors, for tests that check the driver killed what it left.
+    pub fn open_cursors(&self) -> usize {
+        self.shared.lock().cursors.len()
+    }
+}
+
+impl Drop for MongoWire {
+    fn drop(&mut self) {
+        let _ = self.kill.send(());
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Framing
+
+async fn serve_connection(mut socket: TcpStream, shared: Arc<Shared>) {
+    let connection_id = {
+        let mut state = shared.lock();
+        state.next_connection += 1;
+        state.next_connection
+    };
+    loop {
+        let mut header = [0u8; 16];
+        if socket.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let len = i32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+        let request_id = i32::from_le_bytes(header[4..8].try_into().unwrap());
+        let op_code = i32::from_le_bytes(header[12..16].try_into().unwrap());
+        if !(21..=MAX_MESSAGE).contains(&len) || op_code != OP_MSG {
+            return;
+        }
+        let mut body = vec![0u8; len - 16];
+        if socket.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let Some((flags, command)) = parse_op_msg(&body) else {
+            return;
+        };
+        let reply = run_command(&shared, command, connection_id).await;
+        if flags & 2 != 0 {
+            continue; // moreToCome: the client expects no reply
+        }
+        let mut payload = Vec::new();
+        reply.to_writer(&mut payload).unwrap();
+        let total = 16 + 4 + 1 + payload.len();
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(&(total as i32).to_le_bytes());
+        out.extend_from_slice(&request_id.wrapping_add(1_000_000).to_le_bytes());
+        out.extend_from_slice(&request_id.to_le_bytes());
+        out.extend_from_slice(&OP_MSG.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.push(0);
+        out.extend_from_slice(&payload);
+        if socket.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Flag bits and the command: the kind-0 body with every kind-1 sequence added as an array.
+fn parse_op_msg(body: &[u8]) -> Option<(u32, Document)> {
+    let flags = u32::from_le_bytes(body.get(0..4)?.try_into().ok()?);
+    let end = if flags & 1 != 0 {
+        body.len().checked_sub(4)?
+    } else {
+        body.len()
+    };
+    let mut at = 4;
+    let mut command: Option<Document> = None;
+    let mut sequences = Vec::new();
+    while at < end {
+        let kind = body[at];
+        at += 1;
+        let size = i32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
+        let section = body.get(at..at + size)?;
+        match kind {
+            0 => command = Some(Document::from_reader(&mut &section[..]).ok()?),
+            1 => {
+                let rest = &section[4..];
+                let nul = rest.iter().position(|b| *b == 0)?;
+                let name = String::from_utf8(rest[..nul].to_vec()).ok()?;
+                let mut docs = &rest[nul + 1..];
+                let mut list = Vec::new();
+                while !docs.is_empty() {
+                    list.push(Bson::Document(Document::from_reader(&mut docs).ok()?));
+                }
+                sequences.push((name, list));
+            }
+            _ => return None,
+        }
+        at += size;
+    }
+    let mut command = command?;
+    for (name, list) in sequences {
+        command.insert(name, list);
+    }
+    Some((flags, command))
+}

@@ -1,0 +1,33 @@
+//! deltarelay's integration tests, one binary (`cargo test --test it`); one module per area.
+//! Run one module with `cargo test --test it <module>::`, e.g. `cargo test --test it chaos::`.
+//! The shared support code (private Postgres servers, the relay as a child process, HTTP and
+//! SSE clients, the MongoDB wire test server…) is the `testkit` crate in testkit/.
+
+mod auth_pg_scope;
+mod auth_startup;
+mod browser_eventsource;
+mod chaos;
+mod console_browser;
+mod disk_full;
+mod hostile_clients;
+mod http_auth;
+mod http_changes;
+mod http_pg;
+mod http_pg_fanout;
+mod http_pg_stall;
+mod http_stall;
+mod http_stream;
+mod mongo_real;
+mod mongo_source;
+mod mongo_wire_driver;
+mod mongo_with_postgres;
+mod ops_check;
+mod ops_shutdown;
+mod ops_systemd;
+mod ops_writer_death;
+mod pg_copy;
+mod pg_refused;
+mod pg_source;
+mod pg_tls;
+mod quickstart;
+mod replication_connection;
