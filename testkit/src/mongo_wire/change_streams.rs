@@ -3,22 +3,45 @@
 use super::commands::*;
 use super::*;
 
-pub(super) fn token(seq: u64, kind: u8, fragment: u32) -> Document {
-    doc! {"_data": format!("82{seq:016X}{kind:02X}{fragment:04X}")}
+/// A resume token: the deployment, the oplog entry, what it marks and the fragment number.
+pub(super) fn token(deployment: u32, seq: u64, kind: u8, fragment: u32) -> Document {
+    doc! {"_data": format!("82{deployment:08X}{seq:016X}{kind:02X}{fragment:04X}")}
 }
 
-/// (seq, kind, fragment) of a token this server made.
-pub(super) fn parse_token(token: &Document) -> Option<(u64, u8, u32)> {
+/// (deployment, seq, kind, fragment) of a token.
+pub(super) fn parse_token(token: &Document) -> Option<(u32, u64, u8, u32)> {
     let data = token.get_str("_data").ok()?;
     let data = data.strip_prefix("82")?;
-    if data.len() != 22 {
+    if data.len() != 30 {
         return None;
     }
     Some((
-        u64::from_str_radix(&data[..16], 16).ok()?,
-        u8::from_str_radix(&data[16..18], 16).ok()?,
-        u32::from_str_radix(&data[18..], 16).ok()?,
+        u32::from_str_radix(&data[..8], 16).ok()?,
+        u64::from_str_radix(&data[8..24], 16).ok()?,
+        u8::from_str_radix(&data[24..26], 16).ok()?,
+        u32::from_str_radix(&data[26..], 16).ok()?,
     ))
+}
+
+/// ChangeStreamFatalError: the token names no event of this stream (another deployment's
+/// token, or an event the stream's `$match` leaves out).
+fn token_not_found(token: &Document) -> Document {
+    let mut e = error(
+        280,
+        "ChangeStreamFatalError",
+        &format!("cannot resume stream; the resume token was not found. {token}"),
+    );
+    e.insert("errorLabels", vec!["NonResumableChangeStreamError"]);
+    e
+}
+
+/// A live cursor whose next oplog entry was overwritten.
+fn capped_position_lost() -> Document {
+    error(
+        136,
+        "CappedPositionLost",
+        "CollectionScan died due to position in capped collection being deleted",
+    )
 }
 
 const EVENT: u8 = 1;
@@ -63,13 +86,17 @@ pub(super) fn aggregate(state: &mut State, db: &str, command: &Document) -> Repl
     };
     let oldest = state.oplog.front().map(|e| e.seq).unwrap_or(state.head + 1);
     let (mut next_seq, mut next_fragment) = (state.head + 1, 0);
+    let mut resumed_event = None;
     let resume = spec
         .get_document("resumeAfter")
         .map(|t| (t, false))
         .or_else(|_| spec.get_document("startAfter").map(|t| (t, true)));
     if let Ok((token, start_after)) = resume {
-        let (seq, kind, fragment) = parse_token(token)
+        let (deployment, seq, kind, fragment) = parse_token(token)
             .ok_or_else(|| error(260, "InvalidResumeToken", "malformed resume token"))?;
+        if deployment != state.deployment {
+            return Err(token_not_found(token));
+        }
         if kind == INVALIDATE && !start_after {
             return Err(error(
                 260,
@@ -92,6 +119,7 @@ pub(super) fn aggregate(state: &mut State, db: &str, command: &Document) -> Repl
         if next_seq < oldest {
             return Err(history_lost());
         }
+        resumed_event = (kind == EVENT).then_some((seq, token.clone()));
     } else if let Ok(ts) = spec.get_timestamp("startAtOperationTime") {
         let first_at = state
             .oplog
@@ -131,7 +159,25 @@ pub(super) fn aggregate(state: &mut State, db: &str, command: &Document) -> Repl
         ),
         ns: ns.clone(),
         invalidated: false,
+        held: false,
     };
+    if let Some((seq, token)) = resumed_event {
+        // The server finds the resume token's event in the stream it opens, after `$match`.
+        let found = state
+            .oplog
+            .iter()
+            .find(|e| e.seq == seq)
+            .map(|entry| state.events_for(entry, &cursor))
+            .transpose()?
+            .is_some_and(|events| {
+                events
+                    .iter()
+                    .any(|e| e.get_str("operationType") != Ok("invalidate"))
+            });
+        if !found {
+            return Err(token_not_found(&token));
+        }
+    }
     let (batch, pbrt) = state.next_events(&mut cursor)?;
     let closed = cursor.invalidated;
     let id = if closed {
@@ -158,14 +204,26 @@ pub(super) async fn get_more(shared: &Arc<Shared>, command: &Document) -> Docume
     };
     let deadline = Instant::now() + wait;
     let mut head = shared.head.subscribe();
+    let mut holding = false;
     loop {
         {
             let mut state = shared.lock();
+            if holding {
+                state.faults.held_getmores -= 1;
+                holding = false;
+            }
+            state.expire_cursors();
             let Some(cursor) = state.cursors.remove(&id) else {
                 return error(43, "CursorNotFound", &format!("cursor id {id} not found"));
             };
+            state.cursor_used.insert(id, Instant::now());
             match cursor {
                 CursorState::Find { .. } => {
+                    if state.faults.find_getmore_errors > 0 {
+                        state.faults.find_getmore_errors -= 1;
+                        state.cursor_used.remove(&id);
+                        return error(6, "HostUnreachable", "injected fault during a find");
+                    }
                     let mut cursor = cursor;
                     let n = batch_size(command.get("batchSize"), usize::MAX);
                     let (batch, done) = take_find(&mut cursor, n);
@@ -174,40 +232,64 @@ pub(super) async fn get_more(shared: &Arc<Shared>, command: &Document) -> Docume
                     };
                     let ns = ns.clone();
                     let id = if done { 0 } else { id };
-                    if !done {
+                    if done {
+                        state.cursor_used.remove(&id);
+                    } else {
                         state.cursors.insert(id, cursor);
                     }
                     return ok(doc! {"cursor": {"nextBatch": batch, "id": id, "ns": ns}});
                 }
                 CursorState::Change(mut cursor) => {
-                    if state.getmore_faults > 0 {
-                        state.getmore_faults -= 1;
+                    if state.faults.change_getmore_errors > 0 {
+                        state.faults.change_getmore_errors -= 1;
                         state.cursors.insert(id, CursorState::Change(cursor));
                         let mut e = error(6, "HostUnreachable", "injected fault");
                         e.insert("errorLabels", vec!["ResumableChangeStreamError"]);
                         return e;
                     }
-                    if let Some(n) = command.get("batchSize") {
-                        cursor.batch_size = batch_size(Some(n), cursor.batch_size);
+                    if state.faults.secondary {
+                        // A step-down kills the cursors of the former primary.
+                        state.cursor_used.remove(&id);
+                        return super::faults::interrupted_by_step_down();
                     }
-                    let result = state.next_events(&mut cursor);
-                    let ns = cursor.ns.clone();
-                    let (batch, pbrt) = match result {
-                        Ok(found) => found,
-                        Err(e) => return e,
-                    };
-                    let closed = cursor.invalidated;
-                    if !closed {
+                    if cursor.held && state.faults.hold_fragments {
                         state.cursors.insert(id, CursorState::Change(cursor));
-                    }
-                    if !batch.is_empty() || closed || Instant::now() >= deadline {
-                        return ok(doc! {
-                            "cursor": {"nextBatch": batch, "postBatchResumeToken": pbrt, "id": if closed { 0 } else { id }, "ns": ns},
-                            "operationTime": Timestamp { time: state.boot_secs, increment: state.head as u32 },
-                        });
+                        state.faults.held_getmores += 1;
+                        holding = true;
+                    } else {
+                        cursor.held = false;
+                        if let Some(n) = command.get("batchSize") {
+                            cursor.batch_size = batch_size(Some(n), cursor.batch_size);
+                        }
+                        let result = state.next_events(&mut cursor);
+                        let ns = cursor.ns.clone();
+                        let (batch, pbrt) = match result {
+                            Ok(found) => found,
+                            Err(e) => {
+                                state.cursor_used.remove(&id);
+                                return e;
+                            }
+                        };
+                        let closed = cursor.invalidated;
+                        if closed {
+                            state.cursor_used.remove(&id);
+                        } else {
+                            state.cursors.insert(id, CursorState::Change(cursor));
+                        }
+                        if !batch.is_empty() || closed || Instant::now() >= deadline {
+                            return ok(doc! {
+                                "cursor": {"nextBatch": batch, "postBatchResumeToken": pbrt, "id": if closed { 0 } else { id }, "ns": ns},
+                                "operationTime": Timestamp { time: state.boot_secs, increment: state.head as u32 },
+                            });
+                        }
                     }
                 }
             }
+        }
+        if holding {
+            // Held like `failCommand`'s `blockConnection`: no reply until released.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
         }
         let _ = tokio::time::timeout_at(deadline.into(), head.changed()).await;
     }
@@ -221,11 +303,12 @@ impl State {
     ) -> Result<(Vec<Document>, Document), Document> {
         let oldest = self.oplog.front().map(|e| e.seq).unwrap_or(self.head + 1);
         if cursor.next_seq < oldest {
-            return Err(history_lost());
+            return Err(capped_position_lost());
         }
+        let dep = self.deployment;
         let mut batch = Vec::new();
         let mut bytes = 0;
-        let mut last_token = token(cursor.next_seq - 1, HIGH_WATER, 0);
+        let mut last_token = token(dep, cursor.next_seq - 1, HIGH_WATER, 0);
         let start = (cursor.next_seq - oldest) as usize;
         for entry in self.oplog.range(start..) {
             if batch.len() >= cursor.batch_size || bytes >= MAX_BSON {
@@ -236,10 +319,11 @@ impl State {
             for event in events {
                 invalidate |= event.get_str("operationType") == Ok("invalidate");
                 let fragments = if cursor.split {
-                    split_event(event, entry.seq)?
+                    split_event(event, dep, entry.seq)?
                 } else {
                     vec![event]
                 };
+                let of = fragments.len();
                 for (i, fragment) in fragments
                     .into_iter()
                     .enumerate()
@@ -262,6 +346,11 @@ impl State {
                     batch.push(fragment);
                     self.events_sent
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if self.faults.hold_fragments && i + 1 < of {
+                        cursor.next_fragment = i as u32 + 1;
+                        cursor.held = true;
+                        return Ok((batch, last_token));
+                    }
                 }
                 cursor.next_fragment = 0;
             }
@@ -271,7 +360,7 @@ impl State {
                 break;
             }
             if batch.is_empty() {
-                last_token = token(entry.seq, HIGH_WATER, 0);
+                last_token = token(dep, entry.seq, HIGH_WATER, 0);
             }
         }
         Ok((batch, last_token))
@@ -290,7 +379,7 @@ impl State {
                 return Ok(vec![]);
             }
         }
-        let mut event = doc! {"_id": token(entry.seq, EVENT, 0)};
+        let mut event = doc! {"_id": token(self.deployment, entry.seq, EVENT, 0)};
         event.extend(entry.event.clone());
         event.insert("clusterTime", entry.ts);
         event.insert("wallTime", entry.wall);
@@ -353,7 +442,7 @@ impl State {
         };
         let mut events = vec![event];
         if invalidates {
-            events.push(doc! {"_id": token(entry.seq, INVALIDATE, 0), "operationType": "invalidate", "clusterTime": entry.ts, "wallTime": entry.wall});
+            events.push(doc! {"_id": token(self.deployment, entry.seq, INVALIDATE, 0), "operationType": "invalidate", "clusterTime": entry.ts, "wallTime": entry.wall});
         }
         events.retain(|e| cursor.filters.iter().all(|f| filter_matches(e, f)));
         Ok(events)
@@ -362,7 +451,11 @@ impl State {
 
 /// `$changeStreamSplitLargeEvent`: an event over 16 MiB becomes fragments of top-level fields,
 /// each with its own `_id` and `splitEvent: {fragment, of}`.
-pub(super) fn split_event(event: Document, seq: u64) -> Result<Vec<Document>, Document> {
+pub(super) fn split_event(
+    event: Document,
+    deployment: u32,
+    seq: u64,
+) -> Result<Vec<Document>, Document> {
     let size = bson::to_vec(&event).map(|v| v.len()).unwrap_or(0);
     if size <= MAX_BSON {
         return Ok(vec![event]);
@@ -379,9 +472,9 @@ pub(super) fn split_event(event: Document, seq: u64) -> Result<Vec<Document>, Do
             .unwrap_or(0);
         if field_size > budget {
             return Err(error(
-                10334,
-                "BSONObjectTooLarge",
-                "a single field of the event exceeds 16 MiB",
+                7182500,
+                "Location7182500",
+                &format!("Cannot split a change event: its field '{k}' alone exceeds the limit"),
             ));
         }
         if used + field_size > budget {
@@ -396,9 +489,12 @@ pub(super) fn split_event(event: Document, seq: u64) -> Result<Vec<Document>, Do
         .into_iter()
         .enumerate()
         .map(|(i, fields)| {
-            let mut fragment = doc! {"_id": token(seq, EVENT, i as u32 + 1)};
+            // As the server writes them: `_id` and `splitEvent` first, then the fields.
+            let mut fragment = doc! {
+                "_id": token(deployment, seq, EVENT, i as u32 + 1),
+                "splitEvent": {"fragment": i as i32 + 1, "of": of},
+            };
             fragment.extend(fields);
-            fragment.insert("splitEvent", doc! {"fragment": i as i32 + 1, "of": of});
             fragment
         })
         .collect())
@@ -428,7 +524,7 @@ fn check_filter(filter: &Document) -> Result<(), Document> {
     Ok(())
 }
 
-fn filter_matches(event: &Document, filter: &Document) -> bool {
+pub(super) fn filter_matches(event: &Document, filter: &Document) -> bool {
     filter
         .iter()
         .all(|(key, value)| match (key.as_str(), value) {

@@ -24,7 +24,12 @@ pub(super) async fn run_command(
     match name.to_ascii_lowercase().as_str() {
         "hello" | "ismaster" => hello(shared, connection_id, name == "hello"),
         "ping" | "endsessions" | "killallsessions" => ok(doc! {}),
-        "buildinfo" => ok(doc! {"version": "7.0.0", "versionArray": [7, 0, 0, 0]}),
+        "buildinfo" => {
+            let [major, minor, patch] = shared.lock().faults.version;
+            ok(
+                doc! {"version": format!("{major}.{minor}.{patch}"), "versionArray": [major, minor, patch, 0]},
+            )
+        }
         "getmore" => get_more(shared, &command).await,
         "aggregate" => {
             let reply = aggregate(&mut shared.lock(), &db, &command);
@@ -32,6 +37,9 @@ pub(super) async fn run_command(
         }
         _ => {
             let mut state = shared.lock();
+            if state.faults.secondary && WRITES.contains(&name.to_ascii_lowercase().as_str()) {
+                return super::faults::not_writable_primary();
+            }
             let before = state.head;
             let reply = state.command(&name, &db, &command);
             if state.head != before {
@@ -42,16 +50,30 @@ pub(super) async fn run_command(
     }
 }
 
+/// Commands a secondary refuses with NotWritablePrimary.
+const WRITES: &[&str] = &[
+    "insert",
+    "update",
+    "delete",
+    "drop",
+    "dropdatabase",
+    "create",
+    "collmod",
+    "renamecollection",
+    "committransaction",
+];
+
 pub(super) fn hello(shared: &Shared, connection_id: i32, hello: bool) -> Document {
     let me = shared.addr.to_string();
+    let secondary = shared.lock().faults.secondary;
     let mut reply = doc! {
         "helloOk": true,
-        "isWritablePrimary": true,
+        "isWritablePrimary": !secondary,
+        "secondary": secondary,
         "setName": SET_NAME,
         "setVersion": 1,
         "hosts": [me.clone()],
-        "primary": me.clone(),
-        "me": me,
+        "me": me.clone(),
         "electionId": bson::oid::ObjectId::from_bytes([0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 1]),
         "maxBsonObjectSize": MAX_BSON as i32,
         "maxMessageSizeBytes": MAX_MESSAGE as i32,
@@ -63,8 +85,11 @@ pub(super) fn hello(shared: &Shared, connection_id: i32, hello: bool) -> Documen
         "maxWireVersion": WIRE_VERSION,
         "readOnly": false,
     };
+    if !secondary {
+        reply.insert("primary", me);
+    }
     if !hello {
-        reply.insert("ismaster", true);
+        reply.insert("ismaster", !secondary);
     }
     ok(reply)
 }
@@ -159,17 +184,20 @@ impl State {
                 Ok(ok(doc! {}))
             }
             "listcollections" => {
+                let filter = command.get_document("filter").cloned().unwrap_or_default();
                 let batch: Vec<Bson> = self
                     .collections_of(db)
                     .into_iter()
                     .map(|name| {
                         let images = self.colls[&format!("{db}.{name}")].images;
-                        Bson::Document(doc! {
+                        doc! {
                             "name": name, "type": "collection",
                             "options": {"changeStreamPreAndPostImages": {"enabled": images}},
                             "info": {"readOnly": false},
-                        })
+                        }
                     })
+                    .filter(|info| super::change_streams::filter_matches(info, &filter))
+                    .map(Bson::Document)
                     .collect();
                 Ok(ok(
                     doc! {"cursor": {"id": 0i64, "ns": format!("{db}.$cmd.listCollections"), "firstBatch": batch}},
@@ -178,6 +206,8 @@ impl State {
             "committransaction" => {
                 let key = txn.ok_or_else(|| bad("commitTransaction without a transaction"))?;
                 if let Some(events) = self.txns.remove(&key) {
+                    // Every event of a transaction carries the commit's clusterTime.
+                    self.txn_time = Some(self.next_ts());
                     for event in events {
                         let pre = event.get_document("__pre").ok().cloned();
                         let post = event.get_document("__post").ok().cloned();
@@ -191,6 +221,7 @@ impl State {
                             .map(String::from);
                         self.log(db.as_deref(), event, pre, post, None);
                     }
+                    self.txn_time = None;
                 }
                 Ok(ok(doc! {}))
             }
@@ -223,7 +254,7 @@ impl State {
     }
 
     /// Appends an oplog entry (or holds it back for an open transaction).
-    fn log(
+    pub(super) fn log(
         &mut self,
         _db: Option<&str>,
         mut event: Document,
@@ -238,25 +269,35 @@ impl State {
             if let Some(post) = post {
                 event.insert("__post", post);
             }
-            event.insert("lsid", doc! {"id": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: key.0.clone() })});
+            // As the server shows it: the session id and the hash of the user who owns it.
+            event.insert("lsid", doc! {
+                "id": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: key.0.clone() }),
+                "uid": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![0xe3; 32] }),
+            });
             event.insert("txnNumber", key.1);
             self.txns.entry(key.clone()).or_default().push(event);
             return;
         }
+        let ts = self.txn_time.unwrap_or_else(|| self.next_ts());
         self.head += 1;
         let seq = self.head;
         self.oplog.push_back(Entry {
             seq,
-            ts: Timestamp {
-                time: self.boot_secs,
-                increment: seq as u32,
-            },
+            ts,
             wall: DateTime::now(),
             event,
             pre,
             post,
         });
         self.trim();
+    }
+
+    /// The clusterTime of the next write.
+    fn next_ts(&self) -> Timestamp {
+        Timestamp {
+            time: self.boot_secs,
+            increment: self.head as u32 + 1,
+        }
     }
 
     pub(super) fn trim(&mut self) {
@@ -502,6 +543,7 @@ impl State {
         }
         self.next_cursor += 1;
         self.cursors.insert(self.next_cursor, cursor);
+        self.cursor_used.insert(self.next_cursor, Instant::now());
         self.next_cursor
     }
 }

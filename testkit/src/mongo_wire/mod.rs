@@ -40,6 +40,7 @@
 
 mod change_streams;
 mod commands;
+mod faults;
 mod id_order;
 
 use commands::run_command;
@@ -83,9 +84,16 @@ struct State {
     head: u64,
     window: usize,
     cursors: HashMap<i64, CursorState>,
+    /// When each cursor was last used (for idle timeouts).
+    cursor_used: HashMap<i64, Instant>,
+    /// The clusterTime of the transaction being committed: all its events share it.
+    txn_time: Option<Timestamp>,
     next_cursor: i64,
     next_connection: i32,
-    getmore_faults: u32,
+    /// Faults and behaviours a test asked for ([`faults`]).
+    faults: faults::Faults,
+    /// Identifies this deployment in its resume tokens: another server's token is unknown here.
+    deployment: u32,
     txns: HashMap<(Vec<u8>, i64), Vec<Document>>,
     /// Change events sent to clients so far.
     events_sent: std::sync::atomic::AtomicU64,
@@ -132,6 +140,8 @@ struct ChangeCursor {
     batch_size: usize,
     ns: String,
     invalidated: bool,
+    /// Held between two fragments of a split event until the test releases it.
+    held: bool,
 }
 
 impl MongoWire {
@@ -163,11 +173,13 @@ impl MongoWire {
             state: Mutex::new(State {
                 window,
                 next_cursor: 1000,
+                deployment: rand_u32(),
                 boot_secs: boot_secs as u32,
                 ..State::default()
             }),
             head: watch::channel(0).0,
         });
+        runtime.spawn(faults::write_noops(shared.clone()));
         let (kill, _) = broadcast::channel(4);
         {
             let shared = shared.clone();
@@ -211,11 +223,6 @@ impl MongoWire {
         let _ = self.kill.send(());
     }
 
-    /// The next `n` change-stream `getMore`s fail with a resumable error.
-    pub fn fail_change_stream_getmores(&self, n: u32) {
-        self.shared.lock().getmore_faults = n;
-    }
-
     /// The documents of `db.coll` in `_id` order.
     pub fn documents(&self, ns: &str) -> Vec<Document> {
         let state = self.shared.lock();
@@ -245,6 +252,19 @@ impl Drop for MongoWire {
             runtime.shutdown_background();
         }
     }
+}
+
+/// A different value in each server (seeded from the clock and the address).
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish() as u32
 }
 
 impl Shared {
