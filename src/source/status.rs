@@ -18,7 +18,9 @@ pub struct SourceStatus {
     pub slot: Option<String>,
     pub last_error: Option<String>,
     /// What kind of problem `last_error` is: `configuration` (a rejected login, a missing
-    /// privilege or database: the operator must act; retried meanwhile) or `transient`.
+    /// privilege or database: the operator must act; retried meanwhile), `blocked` (the source
+    /// cannot pass an upstream event; the error says the fix; retried meanwhile) or
+    /// `transient`.
     pub last_error_kind: Option<&'static str>,
     pub reconnects: u64,
     /// The copy of rows that existed before streaming began (first start, added tables).

@@ -29,6 +29,9 @@ pub enum ErrorKind {
     Config,
     /// The source reset its own state (upstream history lost): start again at once.
     Reset,
+    /// The source cannot get past an upstream event until the operator acts (the error's
+    /// message says how): said loudly, in the log and `/v1/status`, and retried with backoff.
+    Blocked,
     /// Retrying cannot fix it: the source stops, and the relay with it.
     Fatal,
 }
@@ -37,6 +40,7 @@ impl ErrorKind {
     fn label(self) -> &'static str {
         match self {
             ErrorKind::Config => "configuration",
+            ErrorKind::Blocked => "blocked",
             _ => "transient",
         }
     }
@@ -100,7 +104,7 @@ pub async fn supervise<S: Source>(
                 return Err(error);
             }
             ErrorKind::Reset => continue,
-            ErrorKind::Retry | ErrorKind::Config => {}
+            ErrorKind::Retry | ErrorKind::Config | ErrorKind::Blocked => {}
         }
         // A session that moved the log forward, or streamed for a while, was healthy however
         // it ended: the next outage starts from the shortest delay. (A session failing again
@@ -109,7 +113,9 @@ pub async fn supervise<S: Source>(
             backoff.reset();
         }
         let delay = backoff.next_delay();
-        if kind == ErrorKind::Config {
+        if kind == ErrorKind::Blocked {
+            tracing::error!(source = %name, error = %error, retry_in = ?delay, "source blocked; retrying meanwhile");
+        } else if kind == ErrorKind::Config {
             tracing::error!(source = %name, error = %error, retry_in = ?delay,
                 "CONFIGURATION ERROR: the upstream refuses the relay; fix the URL, role or grants (deltarelay check says more); retrying meanwhile");
         } else {

@@ -74,6 +74,35 @@ impl MongoSource {
         Ok(())
     }
 
+    /// Copies `collections` again (the targets of a rename) under the position
+    /// [`Position::Recopying`], then stores `token`, the stream's position just after the
+    /// rename, and returns that position's text. A copy cut short is done again from the start.
+    pub(super) async fn recopy(
+        &self,
+        db: &Database,
+        collections: &[String],
+        token: Bson,
+    ) -> Result<String, MongoError> {
+        let marker = Position::Recopying {
+            collections: collections.to_vec(),
+            token: token.clone(),
+        }
+        .text();
+        let started = Instant::now();
+        for name in collections {
+            self.copy_collection(db, name, &marker, started).await?;
+        }
+        let position = Position::Streaming(token).text();
+        self.log
+            .begin()
+            .await?
+            .commit(&self.name, position.clone())
+            .await?;
+        self.status
+            .send_modify(|s| s.position = Some(position.clone()));
+        Ok(position)
+    }
+
     /// The position key under which the configured collections of the last copy are kept.
     fn collection_set_key(&self) -> String {
         format!("{}#collections", self.name)

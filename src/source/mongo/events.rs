@@ -26,6 +26,9 @@ pub struct Mapped {
     pub recopy: Option<String>,
     /// The stream ended (`invalidate`): reopen it with `startAfter` this event's token.
     pub invalidate: bool,
+    /// An update without its post-image (`whenAvailable`): the session looks up the document
+    /// (collection, `_id`) and fills `after`, or drops the change when it is gone.
+    pub lookup: Option<(String, Bson)>,
 }
 
 /// Which collections of which database a source syncs, and how.
@@ -94,19 +97,16 @@ impl Mapper {
         };
         match op.as_str() {
             "insert" | "update" | "replace" if self.synced(&coll) => {
-                let Ok(full) = event.get_document("fullDocument") else {
-                    if self.full_document == FullDocumentMode::UpdateLookup {
-                        // Deleted since: its delete follows in the stream.
-                        tracing::debug!(source = %self.source, collection, "update of a since deleted document skipped");
-                    } else {
-                        tracing::warn!(
-                            source = %self.source, collection,
-                            "update without a post-image skipped: enable changeStreamPreAndPostImages on \
-                             the collection, or set full_document = \"updateLookup\""
-                        );
-                    }
+                let full = event.get_document("fullDocument").ok();
+                if full.is_none() && self.full_document == FullDocumentMode::UpdateLookup {
+                    // Deleted since: its delete follows in the stream.
+                    tracing::debug!(source = %self.source, collection, "update of a since deleted document skipped");
                     return Ok(mapped);
-                };
+                }
+                if full.is_none() {
+                    // whenAvailable without a post-image (not enabled then, or expired).
+                    mapped.lookup = Some((coll.clone(), document_key()?));
+                }
                 let changed = (op == "update")
                     .then(|| {
                         event
@@ -123,7 +123,7 @@ impl Mapper {
                         Op::Update
                     },
                     key: Some(key_of(document_key()?)),
-                    after: Some(document_to_row(full.clone())),
+                    after: full.map(|full| document_to_row(full.clone())),
                     before: if op == "insert" { None } else { before() },
                     changed,
                     ..Change::default()

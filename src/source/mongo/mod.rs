@@ -11,6 +11,7 @@
 pub mod check;
 mod config;
 mod copy;
+mod errors;
 pub mod events;
 mod position;
 mod session;

@@ -2,16 +2,19 @@
 //! resume after errors, re-copy when upstream history is lost.
 
 use super::config::{FullDocumentMode, MongoConfig};
-use super::events::{EventError, Mapper, Reassembly};
+pub use super::errors::MongoError;
+use super::errors::{classify, Upstream};
+use super::events::{Mapper, Reassembly};
 use super::position::Position;
-use crate::log::{Log, LogError};
+use super::values::document_to_row;
+use crate::log::Log;
 use crate::record::{Change, TxMeta};
 use crate::source::{CopyState, ErrorKind, Source, SourceStatus};
 use crate::telemetry;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::change_stream::ChangeStream;
-use mongodb::error::ErrorKind as ErrorKind2;
+use mongodb::error::ErrorKind as DriverErrorKind;
 use mongodb::options::{ClientOptions, FullDocumentBeforeChangeType, FullDocumentType};
 use mongodb::{Client, Database};
 use std::sync::Arc;
@@ -24,65 +27,6 @@ const GROUP_MAX_CHANGES: usize = 5_000;
 const AWAIT_TIME: Duration = Duration::from_secs(1);
 /// An idle stream's fresh `postBatchResumeToken` is stored at most this often.
 const IDLE_TOKEN_INTERVAL: Duration = Duration::from_secs(5);
-/// ChangeStreamHistoryLost.
-const HISTORY_LOST: i32 = 286;
-/// ChangeStreamFatalError: older servers' word for a lost resume point, among other things.
-const FATAL: i32 = 280;
-
-#[derive(Debug, thiserror::Error)]
-pub enum MongoError {
-    #[error("source {source_name}: {message}")]
-    Config {
-        source_name: String,
-        message: String,
-    },
-    #[error("MongoDB: {0}")]
-    Driver(#[from] mongodb::error::Error),
-    #[error("log: {0}")]
-    Log(#[from] LogError),
-    #[error("{0}")]
-    Event(#[from] EventError),
-    #[error("the change stream returned no resume token: the server is too old (change streams with postBatchResumeToken need MongoDB 4.0.7 or later)")]
-    NoToken,
-    #[error("the server closed the change stream")]
-    StreamClosed,
-    #[error("cannot read the resume token: {0}")]
-    Token(String),
-    #[error("upstream history was lost; the source was reset and copies everything again")]
-    Recopy,
-}
-
-/// Server error codes that mean the deployment refuses the relay as configured:
-/// Unauthorized (13), AuthenticationFailed (18).
-const REFUSED: &[i32] = &[13, 18];
-
-impl MongoError {
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            MongoError::Config { .. } | MongoError::NoToken => ErrorKind::Fatal,
-            MongoError::Log(e) if e.is_fatal() => ErrorKind::Fatal,
-            MongoError::Recopy => ErrorKind::Reset,
-            MongoError::Driver(e) => match e.kind.as_ref() {
-                ErrorKind2::Authentication { .. } => ErrorKind::Config,
-                ErrorKind2::Command(c) if REFUSED.contains(&c.code) => ErrorKind::Config,
-                _ => ErrorKind::Retry,
-            },
-            _ => ErrorKind::Retry,
-        }
-    }
-}
-
-/// Error 286 from the server, or 280 saying the same (older servers): the resume point is no
-/// longer in the oplog.
-fn is_history_lost(error: &mongodb::error::Error) -> bool {
-    match error.kind.as_ref() {
-        ErrorKind2::Command(c) => {
-            c.code == HISTORY_LOST || (c.code == FATAL && c.message.contains("oplog"))
-        }
-        _ => false,
-    }
-}
-
 pub struct MongoSource {
     pub(super) name: Arc<str>,
     url: String,
@@ -148,8 +92,8 @@ impl MongoSource {
         };
         let from = start.as_ref().map(|p| p.token().clone());
         let mut stream = match self.open(&db, from, split).await {
-            Err(e) if is_history_lost(&e) => return Err(self.history_lost(&e).await),
-            opened => opened?,
+            Ok(stream) => stream,
+            Err(e) => return Err(self.upstream_error(e).await),
         };
         let token = stream.resume_token().ok_or(MongoError::NoToken)?;
         let token = token_bson(&token)?;
@@ -162,6 +106,15 @@ impl MongoSource {
                 let position = stored.clone().unwrap_or_default();
                 self.status
                     .send_modify(|s| s.position = Some(position.clone()));
+                self.sync_collection_set(&db, &position).await?;
+                self.status
+                    .send_modify(|s| s.initial_copy.state = CopyState::Done);
+            }
+            Some(Position::Recopying { collections, token }) => {
+                // A crash or an error cut the copy of a renamed collection short: copy it again
+                // from the stream opened just after the rename.
+                tracing::info!(source = %self.name, ?collections, "copying renamed collections again after an interrupted copy");
+                let position = self.recopy(&db, &collections, token).await?;
                 self.sync_collection_set(&db, &position).await?;
                 self.status
                     .send_modify(|s| s.initial_copy.state = CopyState::Done);
@@ -220,18 +173,28 @@ impl MongoSource {
         Ok(watch.await?.with_type::<Document>())
     }
 
+    /// What a failed `aggregate` or `getMore` means: lost history resets the source, an event
+    /// the stream cannot pass is said loudly, anything else is retried.
+    async fn upstream_error(&self, error: mongodb::error::Error) -> MongoError {
+        match classify(&error, self.full_document) {
+            Upstream::HistoryLost(why) => self.history_lost(&why).await,
+            Upstream::Blocked(message) => MongoError::Blocked(message),
+            Upstream::Other => error.into(),
+        }
+    }
+
     /// Loudly gives up on the lost history: the source's entries and position go, every
     /// cursor expires, and the next session copies everything again.
-    async fn history_lost(&self, error: &mongodb::error::Error) -> MongoError {
+    async fn history_lost(&self, why: &str) -> MongoError {
         tracing::error!(
-            source = %self.name, error = %error,
-            "UPSTREAM HISTORY LOST: the stored resume token is no longer in the oplog, so changes \
-             may have been missed. Resetting this source (its log entries, position and every \
-             client cursor) and copying all collections again. Give the oplog a larger window \
-             (replSetResizeOplog) so that the relay's downtime fits in it."
+            source = %self.name,
+            "UPSTREAM HISTORY LOST: {why}. Changes may have been missed, so this source is reset \
+             (its log entries, position and every client cursor) and all collections are copied \
+             again. If the relay was down or behind longer than the oplog window, give the oplog a \
+             larger window (replSetResizeOplog)."
         );
         self.status.send_modify(|s| {
-            s.last_error = Some(format!("upstream history lost ({error}); copying again"));
+            s.last_error = Some(format!("upstream history lost: {why}; copying again"));
             s.initial_copy.state = CopyState::Pending;
         });
         match self.log.reset_source(&self.name).await {
@@ -251,43 +214,75 @@ impl MongoSource {
         let mut reassembly = Reassembly::default();
         let mut saved = self.status.borrow().position.clone();
         let mut saved_at = Instant::now();
+        // The token after the last whole event: a fragment's token is never stored, since a
+        // stream resumed from it starts at the next fragment, not at the event.
+        let mut whole_token = stream.resume_token();
         loop {
-            if *shutdown.borrow() {
-                self.flush(&mut pending, stream.resume_token(), &mut saved)
-                    .await?;
+            let stopping = match shutdown.has_changed() {
+                Err(_) => true, // the relay dropped its side without a word: stop as if told to
+                Ok(_) => *shutdown.borrow(),
+            };
+            if stopping {
+                let token = match reassembly.in_progress() {
+                    true => whole_token,
+                    false => stream.resume_token(),
+                };
+                self.flush(&mut pending, token, &mut saved).await?;
                 return Ok(());
             }
             let next = tokio::select! {
                 next = stream.next_if_any() => next,
-                changed = shutdown.changed() => {
-                    if changed.is_err() {
-                        // The relay dropped its side without a word: stop as if told to.
-                        self.flush(&mut pending, stream.resume_token(), &mut saved).await?;
-                        return Ok(());
-                    }
-                    continue;
-                }
+                _ = shutdown.changed() => continue,
             };
             match next {
                 Ok(Some(raw)) => {
+                    let started = reassembly.in_progress();
                     let whole = reassembly.push(raw).map_err(|message| MongoError::Config {
                         source_name: self.name.to_string(),
                         message: format!("split change event: {message}"),
                     })?;
-                    let Some(event) = whole else { continue };
-                    let mapped = self.mapper.map(event)?;
+                    let Some(event) = whole else {
+                        if !started {
+                            tracing::info!(source = %self.name, "receiving a change event split into fragments");
+                        }
+                        continue;
+                    };
+                    whole_token = stream.resume_token();
+                    let mut mapped = self.mapper.map(event)?;
+                    if let Some((collection, id)) = mapped.lookup.take() {
+                        // No post-image (whenAvailable): the current version instead, as
+                        // updateLookup would give; none means deleted since (its delete follows).
+                        let found = db
+                            .collection::<Document>(&collection)
+                            .find_one(doc! {"_id": id})
+                            .await?;
+                        match found {
+                            Some(document) => {
+                                for change in &mut mapped.changes {
+                                    change.after = Some(document_to_row(document.clone()));
+                                }
+                            }
+                            None => mapped.changes.clear(),
+                        }
+                    }
                     if let Some(meta) = mapped.meta {
                         if !mapped.changes.is_empty() {
                             pending.push(mapped.txn.clone(), meta, mapped.changes);
                         }
                     }
                     if let Some(collection) = mapped.recopy {
-                        self.flush(&mut pending, stream.resume_token(), &mut saved)
-                            .await?;
-                        let position = saved.clone().unwrap_or_default();
+                        // The truncate and the copy are committed under a marker of their own,
+                        // so that a crash or an error during the copy copies it again.
+                        let token = stream.resume_token().ok_or(MongoError::NoToken)?;
+                        let token = token_bson(&token)?;
+                        let marker = Position::Recopying {
+                            collections: vec![collection.clone()],
+                            token: token.clone(),
+                        };
+                        self.commit(&mut pending, marker.text(), &mut saved).await?;
                         tracing::info!(source = %self.name, collection, "renamed into a synced collection: copying it");
-                        self.copy_collection(db, &collection, &position, Instant::now())
-                            .await?;
+                        saved = Some(self.recopy(db, &[collection], token).await?);
+                        saved_at = Instant::now();
                     }
                     if mapped.invalidate {
                         self.flush(&mut pending, stream.resume_token(), &mut saved)
@@ -305,6 +300,7 @@ impl MongoSource {
                 }
                 Ok(None) if reassembly.in_progress() => {}
                 Ok(None) => {
+                    whole_token = stream.resume_token();
                     // Caught up: commit what gathered, or keep an idle stream's token fresh.
                     if !pending.is_empty() || saved_at.elapsed() >= IDLE_TOKEN_INTERVAL {
                         self.flush(&mut pending, stream.resume_token(), &mut saved)
@@ -322,10 +318,7 @@ impl MongoSource {
                         self.flush(&mut pending, stream.resume_token(), &mut saved)
                             .await?;
                     }
-                    if is_history_lost(&e) {
-                        return Err(self.history_lost(&e).await);
-                    }
-                    return Err(e.into());
+                    return Err(self.upstream_error(e).await);
                 }
             }
         }
@@ -343,6 +336,17 @@ impl MongoSource {
             return Ok(());
         };
         let position = Position::Streaming(token_bson(&token)?).text();
+        self.commit(pending, position, saved).await
+    }
+
+    /// Commits the pending changes with `position`; with nothing pending, stores the position
+    /// alone if it moved.
+    async fn commit(
+        &self,
+        pending: &mut Pending,
+        position: String,
+        saved: &mut Option<String>,
+    ) -> Result<(), MongoError> {
         if pending.is_empty() && saved.as_deref() == Some(position.as_str()) {
             return Ok(());
         }
@@ -423,7 +427,7 @@ fn token_bson(token: &ResumeToken) -> Result<Bson, MongoError> {
 async fn supports_split_events(db: &Database) -> Result<bool, MongoError> {
     let info = match db.run_command(doc! {"buildInfo": 1}).await {
         Ok(info) => info,
-        Err(e) if matches!(e.kind.as_ref(), ErrorKind2::Command(_)) => {
+        Err(e) if matches!(e.kind.as_ref(), DriverErrorKind::Command(_)) => {
             tracing::warn!(error = %e, "buildInfo refused: events over 16 MiB will fail the stream");
             return Ok(false);
         }

@@ -1,22 +1,46 @@
 //! BSON → JSON (relaxed Extended JSON v2) and the record fields derived from change events.
+//!
+//! The mapping (docs/DESIGN.md has the table): relaxed Extended JSON v2, except that a 64-bit
+//! integer a JavaScript number cannot hold exactly (beyond ±(2^53 − 1)) keeps its canonical
+//! form `{"$numberLong": "…"}`, and every NaN is `{"$numberDouble": "NaN"}` (Extended JSON has
+//! no "-NaN").
 
 use crate::record::Row;
-use mongodb::bson::{Bson, Document};
-use serde_json::Value;
+use mongodb::bson::{Bson, Document, JavaScriptCodeWithScope};
+use serde_json::{json, Value};
 
-/// A document as a JSON object in relaxed Extended JSON v2 (ObjectId → `{"$oid": …}`, dates
-/// → `{"$date": "…"}`, 32/64-bit integers and finite doubles → plain numbers).
+/// The largest integer a JavaScript number (an IEEE double) holds exactly: 2^53 − 1.
+const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
+
+/// A document as a JSON object (ObjectId → `{"$oid": …}`, dates → `{"$date": "…"}`, 32-bit
+/// and safe 64-bit integers and finite doubles → plain numbers).
 pub fn document_to_row(document: Document) -> Row {
     document
         .into_iter()
-        .map(|(field, value)| (field, value.into_relaxed_extjson()))
+        .map(|(field, value)| (field, bson_to_json(value)))
         .collect()
+}
+
+/// One BSON value as JSON.
+pub fn bson_to_json(value: Bson) -> Value {
+    match value {
+        Bson::Document(d) => Value::Object(document_to_row(d)),
+        Bson::Array(list) => Value::Array(list.into_iter().map(bson_to_json).collect()),
+        Bson::Int64(n) if !(-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(&n) => {
+            json!({"$numberLong": n.to_string()})
+        }
+        Bson::Double(f) if f.is_nan() => json!({"$numberDouble": "NaN"}),
+        Bson::JavaScriptCodeWithScope(JavaScriptCodeWithScope { code, scope }) => {
+            json!({"$code": code, "$scope": Value::Object(document_to_row(scope))})
+        }
+        other => other.into_relaxed_extjson(),
+    }
 }
 
 /// The record key of a document: `{"_id": …}`.
 pub fn key_of(id: Bson) -> Row {
     let mut key = Row::new();
-    key.insert("_id".into(), id.into_relaxed_extjson());
+    key.insert("_id".into(), bson_to_json(id));
     key
 }
 
@@ -56,6 +80,108 @@ mod tests {
         assert_eq!(
             Value::Object(key_of(Bson::ObjectId(oid))),
             json!({"_id": {"$oid": "65a1b2c3d4e5f60718293a4b"}})
+        );
+    }
+
+    /// Every BSON type, against hard-coded JSON (not against a conversion function).
+    #[test]
+    fn maps_every_bson_type() {
+        use mongodb::bson::{spec::BinarySubtype, Binary, Decimal128, Regex, Timestamp};
+        let cases: Vec<(Bson, &str)> = vec![
+            (Bson::Int32(-7), "-7"),
+            (Bson::Int64(9_007_199_254_740_991), "9007199254740991"),
+            (Bson::Int64(-9_007_199_254_740_991), "-9007199254740991"),
+            (
+                Bson::Int64(9_007_199_254_740_992),
+                r#"{"$numberLong":"9007199254740992"}"#,
+            ),
+            (
+                Bson::Int64(i64::MIN),
+                r#"{"$numberLong":"-9223372036854775808"}"#,
+            ),
+            (Bson::Double(1.5), "1.5"),
+            (Bson::Double(2.0), "2.0"),
+            (Bson::Double(-0.0), "-0.0"),
+            (Bson::Double(f64::NAN), r#"{"$numberDouble":"NaN"}"#),
+            (Bson::Double(-f64::NAN), r#"{"$numberDouble":"NaN"}"#),
+            (
+                Bson::Double(f64::INFINITY),
+                r#"{"$numberDouble":"Infinity"}"#,
+            ),
+            (
+                Bson::Double(f64::NEG_INFINITY),
+                r#"{"$numberDouble":"-Infinity"}"#,
+            ),
+            (
+                Bson::Decimal128("1.10".parse::<Decimal128>().unwrap()),
+                r#"{"$numberDecimal":"1.10"}"#,
+            ),
+            (Bson::String("é\"".into()), r#""é\"""#),
+            (Bson::Boolean(false), "false"),
+            (Bson::Null, "null"),
+            (
+                Bson::DateTime(DateTime::from_millis(0)),
+                r#"{"$date":"1970-01-01T00:00:00Z"}"#,
+            ),
+            (
+                Bson::DateTime(DateTime::from_millis(-1)),
+                r#"{"$date":{"$numberLong":"-1"}}"#,
+            ),
+            (
+                Bson::Binary(Binary {
+                    subtype: BinarySubtype::Generic,
+                    bytes: vec![1, 2, 255],
+                }),
+                r#"{"$binary":{"base64":"AQL/","subType":"00"}}"#,
+            ),
+            (
+                Bson::Binary(Binary {
+                    subtype: BinarySubtype::Uuid,
+                    bytes: vec![0xab; 16],
+                }),
+                r#"{"$binary":{"base64":"q6urq6urq6urq6urq6urqw==","subType":"04"}}"#,
+            ),
+            (
+                Bson::Timestamp(Timestamp {
+                    time: 1_736_938_800,
+                    increment: 7,
+                }),
+                r#"{"$timestamp":{"t":1736938800,"i":7}}"#,
+            ),
+            (
+                Bson::RegularExpression(Regex {
+                    pattern: "^a".into(),
+                    options: "mi".into(),
+                }),
+                r#"{"$regularExpression":{"pattern":"^a","options":"im"}}"#,
+            ),
+            (Bson::JavaScriptCode("f()".into()), r#"{"$code":"f()"}"#),
+            (
+                Bson::JavaScriptCodeWithScope(JavaScriptCodeWithScope {
+                    code: "f(x)".into(),
+                    scope: doc! {"x": 1i64 << 60},
+                }),
+                r#"{"$code":"f(x)","$scope":{"x":{"$numberLong":"1152921504606846976"}}}"#,
+            ),
+            (Bson::Symbol("s".into()), r#"{"$symbol":"s"}"#),
+            (Bson::Undefined, r#"{"$undefined":true}"#),
+            (Bson::MinKey, r#"{"$minKey":1}"#),
+            (Bson::MaxKey, r#"{"$maxKey":1}"#),
+            (
+                Bson::Array(vec![
+                    Bson::Int64(1 << 62),
+                    Bson::Document(doc! {"n": f64::NAN}),
+                ]),
+                r#"[{"$numberLong":"4611686018427387904"},{"n":{"$numberDouble":"NaN"}}]"#,
+            ),
+        ];
+        for (value, expected) in cases {
+            let text = bson_to_json(value.clone()).to_string();
+            assert_eq!(text, expected, "{value:?}");
+        }
+        assert_eq!(
+            Value::Object(key_of(Bson::Int64(-(1 << 60)))).to_string(),
+            r#"{"_id":{"$numberLong":"-1152921504606846976"}}"#
         );
     }
 
