@@ -17,6 +17,7 @@ mod http_pg_fanout;
 mod http_pg_stall;
 mod http_stall;
 mod http_stream;
+mod mongo_failures;
 mod mongo_real;
 mod mongo_source;
 mod mongo_wire_driver;

@@ -347,6 +347,12 @@ async fn history_lost(gap: Gap) {
     let records = s.wait_for_state("events");
     let output = s.relay.output();
     assert!(output.contains("UPSTREAM HISTORY LOST"), "{output}");
+    // Each way of losing it is named: a resume past the window, or a live cursor overtaken.
+    let why = match gap {
+        Gap::Stopped => "286 ChangeStreamHistoryLost",
+        Gap::Frozen => "the open change stream fell behind the oplog (136",
+    };
+    assert!(output.contains(why), "{output}");
     assert!(records
         .iter()
         .all(|r| r.op == Op::Insert || r.op == Op::Update));

@@ -1,6 +1,7 @@
 //! `aggregate` with `$changeStream`, its `getMore`, resume tokens and split events.
 
 use super::commands::*;
+use super::faults::Hold;
 use super::*;
 
 /// A resume token: the deployment, the oplog entry, what it marks and the fragment number.
@@ -252,7 +253,7 @@ pub(super) async fn get_more(shared: &Arc<Shared>, command: &Document) -> Docume
                         state.cursor_used.remove(&id);
                         return super::faults::interrupted_by_step_down();
                     }
-                    if cursor.held && state.faults.hold_fragments {
+                    if cursor.held && state.faults.hold != Hold::Never {
                         state.cursors.insert(id, CursorState::Change(cursor));
                         state.faults.held_getmores += 1;
                         holding = true;
@@ -262,6 +263,11 @@ pub(super) async fn get_more(shared: &Arc<Shared>, command: &Document) -> Docume
                             cursor.batch_size = batch_size(Some(n), cursor.batch_size);
                         }
                         let result = state.next_events(&mut cursor);
+                        if state.faults.hold == Hold::AfterEvents
+                            && result.as_ref().is_ok_and(|(batch, _)| !batch.is_empty())
+                        {
+                            cursor.held = true;
+                        }
                         let ns = cursor.ns.clone();
                         let (batch, pbrt) = match result {
                             Ok(found) => found,
@@ -346,7 +352,7 @@ impl State {
                     batch.push(fragment);
                     self.events_sent
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if self.faults.hold_fragments && i + 1 < of {
+                    if self.faults.hold == Hold::BetweenFragments && i + 1 < of {
                         cursor.next_fragment = i as u32 + 1;
                         cursor.held = true;
                         return Ok((batch, last_token));

@@ -5,15 +5,24 @@
 use super::commands::error;
 use super::*;
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Hold {
+    Never,
+    /// After a fragment that is not the last of a split event (the batch ends there).
+    BetweenFragments,
+    /// After any batch that holds an event.
+    AfterEvents,
+}
+
 pub(super) struct Faults {
     /// The next `n` change-stream `getMore`s fail with a resumable error.
     pub change_getmore_errors: u32,
     /// The next `n` `getMore`s of `find` cursors fail (a network-level error the driver does not
     /// retry on a cursor).
     pub find_getmore_errors: u32,
-    /// After a fragment that is not the last of a split event, the cursor's batch ends and its
-    /// next `getMore` waits until released (like `failCommand` with `blockConnection`).
-    pub hold_fragments: bool,
+    /// Where change streams are held: their next `getMore` waits until released (like
+    /// `failCommand` with `blockConnection`).
+    pub hold: Hold,
     /// `getMore`s waiting on a held cursor right now.
     pub held_getmores: u32,
     /// `buildInfo`'s version (`$changeStreamSplitLargeEvent` exists from 6.0.9 / 7.0).
@@ -33,7 +42,7 @@ impl Default for Faults {
         Faults {
             change_getmore_errors: 0,
             find_getmore_errors: 0,
-            hold_fragments: false,
+            hold: Hold::Never,
             held_getmores: 0,
             version: [7, 0, 0],
             secondary: false,
@@ -54,9 +63,14 @@ impl MongoWire {
         self.shared.lock().faults.find_getmore_errors = n;
     }
 
-    /// Holds (or releases) change streams between the fragments of split events.
-    pub fn hold_between_fragments(&self, hold: bool) {
-        self.shared.lock().faults.hold_fragments = hold;
+    /// Find-cursor faults not met yet.
+    pub fn find_getmore_faults_left(&self) -> u32 {
+        self.shared.lock().faults.find_getmore_errors
+    }
+
+    /// Holds change streams as `hold` says; [`Hold::Never`] releases them.
+    pub fn hold_change_streams(&self, hold: Hold) {
+        self.shared.lock().faults.hold = hold;
     }
 
     /// `getMore`s waiting between two fragments right now.

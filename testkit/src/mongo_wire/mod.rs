@@ -44,6 +44,7 @@ mod faults;
 mod id_order;
 
 use commands::run_command;
+pub use faults::Hold;
 use id_order::IdKey;
 
 use bson::{doc, Bson, DateTime, Document, Timestamp};
