@@ -350,7 +350,9 @@ async fn history_lost(gap: Gap) {
     // Each way of losing it is named: a resume past the window, or a live cursor overtaken.
     let why = match gap {
         Gap::Stopped => "286 ChangeStreamHistoryLost",
-        Gap::Frozen => "the open change stream fell behind the oplog (136",
+        Gap::Frozen => {
+            "fell behind the oplog, which overwrote its next entry (136 CappedPositionLost"
+        }
     };
     assert!(output.contains(why), "{output}");
     assert!(records
