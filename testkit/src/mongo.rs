@@ -6,7 +6,7 @@ use crate::relay::{
     assert_cursors_increase, client_state, mongo_config, mongo_source_toml, read_log,
     start_ready_relay_with, wait_until, RelayProcess,
 };
-use bson::{doc, Document};
+use bson::{doc, Bson, Document};
 use deltarelay::record::ChangeRecord;
 use futures_util::TryStreamExt;
 use mongodb::{Client, Collection, Database};
@@ -209,4 +209,50 @@ pub fn assert_exactly_once_in_order(records: &[ChangeRecord], ns: &str, count: i
     let untouched: Vec<i64> = ids.iter().copied().filter(|i| (i + 1) % 3 != 0).collect();
     assert!(untouched.windows(2).all(|w| w[0] < w[1]), "out of order");
     assert_eq!(ids.len() as i64, count);
+}
+
+/// One document with a value of each kind the BSON mapping treats specially, and its JSON
+/// written out by hand (docs/DESIGN.md, "MongoDB value mapping").
+pub fn values_document(id: i32) -> (Document, Value) {
+    let document = doc! {
+        "_id": id,
+        "safe": 9_007_199_254_740_991i64,
+        "unsafe": 9_007_199_254_740_993i64,
+        "negative": -(1i64 << 60),
+        "small64": 5i64,
+        "int32": -7,
+        "double": 2.5,
+        "whole": 3.0,
+        "nan": Bson::Double(-f64::NAN),
+        "inf": f64::NEG_INFINITY,
+        "dec": Bson::Decimal128("12.50".parse().unwrap()),
+        "at": bson::DateTime::from_millis(1_736_938_800_123),
+        "early": bson::DateTime::from_millis(-1000),
+        "oid": bson::oid::ObjectId::parse_str("65a1b2c3d4e5f60718293a4b").unwrap(),
+        "bin": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![0, 1, 2] }),
+        "ts": bson::Timestamp { time: 5, increment: 1 },
+        "re": Bson::RegularExpression(bson::Regex { pattern: "a+".into(), options: "i".into() }),
+        "nested": {"list": [1i64 << 62, {"n": Bson::Null}]},
+    };
+    let expected = json!({
+        "_id": id,
+        "safe": 9_007_199_254_740_991i64,
+        "unsafe": {"$numberLong": "9007199254740993"},
+        "negative": {"$numberLong": "-1152921504606846976"},
+        "small64": 5,
+        "int32": -7,
+        "double": 2.5,
+        "whole": 3.0,
+        "nan": {"$numberDouble": "NaN"},
+        "inf": {"$numberDouble": "-Infinity"},
+        "dec": {"$numberDecimal": "12.50"},
+        "at": {"$date": "2025-01-15T11:00:00.123Z"},
+        "early": {"$date": {"$numberLong": "-1000"}},
+        "oid": {"$oid": "65a1b2c3d4e5f60718293a4b"},
+        "bin": {"$binary": {"base64": "AAEC", "subType": "00"}},
+        "ts": {"$timestamp": {"t": 5, "i": 1}},
+        "re": {"$regularExpression": {"pattern": "a+", "options": "i"}},
+        "nested": {"list": [{"$numberLong": "4611686018427387904"}, {"n": null}]},
+    });
+    (document, expected)
 }

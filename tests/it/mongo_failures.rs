@@ -3,12 +3,12 @@
 //! collection's copy, the server errors retrying cannot fix, the value mapping through the copy
 //! and the stream, and `whenAvailable` without a post-image.
 
-use bson::{doc, Bson, Document};
+use bson::{doc, Document};
 use deltarelay::record::{ChangeRecord, Op};
 use serde_json::{json, Value};
 use std::time::Duration;
 use testkit::http::row;
-use testkit::mongo::{of, Setup};
+use testkit::mongo::{of, values_document, Setup};
 use testkit::mongo_wire::{Hold, MongoWire};
 use testkit::relay::wait_until;
 use tokio::task::block_in_place;
@@ -206,51 +206,6 @@ async fn when_available_without_a_post_image_looks_the_document_up() {
         .unwrap();
     assert_eq!(update.after, Some(row(json!({"_id": 1, "v": 2}))));
     assert_eq!(update.changed.as_deref(), Some(&["v".to_string()][..]));
-}
-
-/// One document with a value of each kind the mapping treats specially, and its JSON.
-fn values_document(id: i32) -> (Document, Value) {
-    let document = doc! {
-        "_id": id,
-        "safe": 9_007_199_254_740_991i64,
-        "unsafe": 9_007_199_254_740_993i64,
-        "negative": -(1i64 << 60),
-        "small64": 5i64,
-        "int32": -7,
-        "double": 2.5,
-        "whole": 3.0,
-        "nan": Bson::Double(-f64::NAN),
-        "inf": f64::NEG_INFINITY,
-        "dec": Bson::Decimal128("12.50".parse().unwrap()),
-        "at": bson::DateTime::from_millis(1_736_938_800_123),
-        "early": bson::DateTime::from_millis(-1000),
-        "oid": bson::oid::ObjectId::parse_str("65a1b2c3d4e5f60718293a4b").unwrap(),
-        "bin": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![0, 1, 2] }),
-        "ts": bson::Timestamp { time: 5, increment: 1 },
-        "re": Bson::RegularExpression(bson::Regex { pattern: "a+".into(), options: "i".into() }),
-        "nested": {"list": [1i64 << 62, {"n": Bson::Null}]},
-    };
-    let expected = json!({
-        "_id": id,
-        "safe": 9_007_199_254_740_991i64,
-        "unsafe": {"$numberLong": "9007199254740993"},
-        "negative": {"$numberLong": "-1152921504606846976"},
-        "small64": 5,
-        "int32": -7,
-        "double": 2.5,
-        "whole": 3.0,
-        "nan": {"$numberDouble": "NaN"},
-        "inf": {"$numberDouble": "-Infinity"},
-        "dec": {"$numberDecimal": "12.50"},
-        "at": {"$date": "2025-01-15T11:00:00.123Z"},
-        "early": {"$date": {"$numberLong": "-1000"}},
-        "oid": {"$oid": "65a1b2c3d4e5f60718293a4b"},
-        "bin": {"$binary": {"base64": "AAEC", "subType": "00"}},
-        "ts": {"$timestamp": {"t": 5, "i": 1}},
-        "re": {"$regularExpression": {"pattern": "a+", "options": "i"}},
-        "nested": {"list": [{"$numberLong": "4611686018427387904"}, {"n": null}]},
-    });
-    (document, expected)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
