@@ -184,3 +184,220 @@ async fn start_at_operation_time_start_after_invalidate_and_await_time() {
         started.elapsed()
     );
 }
+
+/// The next raw event of a stream.
+async fn next_raw(stream: &mut mongodb::change_stream::ChangeStream<Document>) -> Document {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("an event within 10 s")
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn events_have_the_shapes_of_a_real_server() {
+    let server = MongoWire::start();
+    let client = client(&server).await;
+    let db = client.database("app");
+    let coll = db.collection::<Document>("t");
+    let mut stream = db
+        .watch()
+        .show_expanded_events(true)
+        .await
+        .unwrap()
+        .with_type::<Document>();
+    // A transaction: one clusterTime for all its events, `lsid` as {id, uid}.
+    let mut session = client.start_session().await.unwrap();
+    session.start_transaction().await.unwrap();
+    for id in [1, 2] {
+        coll.insert_one(
+            doc! {"_id": id, "a": {"b": 0}, "tags": ["x", "y"], "list": [1, 2], "m": {}},
+        )
+        .session(&mut session)
+        .await
+        .unwrap();
+    }
+    session.commit_transaction().await.unwrap();
+    let (one, two) = (next_raw(&mut stream).await, next_raw(&mut stream).await);
+    assert_eq!(
+        one.get_timestamp("clusterTime").unwrap(),
+        two.get_timestamp("clusterTime").unwrap()
+    );
+    let lsid = one.get_document("lsid").unwrap();
+    assert_eq!(lsid.keys().collect::<Vec<_>>(), ["id", "uid"]);
+    assert_eq!(
+        one.keys().collect::<Vec<_>>(),
+        [
+            "_id",
+            "operationType",
+            "clusterTime",
+            "wallTime",
+            "txnNumber",
+            "lsid",
+            "fullDocument",
+            "ns",
+            "documentKey"
+        ]
+    );
+    // Dotted paths, an append, an array shortened, a numeric field name.
+    coll.update_one(
+        doc! {"_id": 1},
+        doc! {"$set": {"a.b": 1, "m.0": true}, "$push": {"tags": "z"}, "$pop": {"list": 1}},
+    )
+    .await
+    .unwrap();
+    let update = next_raw(&mut stream).await;
+    assert_eq!(
+        update.get_document("updateDescription").unwrap(),
+        &doc! {
+            "updatedFields": {"a.b": 1, "m.0": true, "tags.2": "z"},
+            "removedFields": [],
+            "truncatedArrays": [{"field": "list", "newSize": 1}],
+            "disambiguatedPaths": {"m.0": ["m", "0"]},
+        }
+    );
+    // Without showExpandedEvents there is no disambiguatedPaths.
+    let mut plain = db.watch().await.unwrap().with_type::<Document>();
+    coll.update_one(doc! {"_id": 2}, doc! {"$set": {"m.0": 1}})
+        .await
+        .unwrap();
+    let update = next_raw(&mut plain).await;
+    let description = update.get_document("updateDescription").unwrap();
+    assert!(!description.contains_key("disambiguatedPaths"), "{update}");
+}
+
+#[tokio::test]
+async fn list_collections_honours_its_filter() {
+    let server = MongoWire::start();
+    let client = client(&server).await;
+    let db = client.database("app");
+    for name in ["a", "b"] {
+        db.create_collection(name).await.unwrap();
+    }
+    let names = db
+        .list_collection_names()
+        .filter(doc! {"name": "a"})
+        .await
+        .unwrap();
+    assert_eq!(names, ["a"]);
+    let names = db
+        .list_collection_names()
+        .filter(doc! {"name": {"$in": ["b", "c"]}, "type": "collection"})
+        .await
+        .unwrap();
+    assert_eq!(names, ["b"]);
+}
+
+#[tokio::test]
+async fn tokens_of_another_deployment_or_of_a_filtered_event_are_error_280() {
+    let (one, two) = (MongoWire::start(), MongoWire::start());
+    let (c1, c2) = (client(&one).await, client(&two).await);
+    let mut stream = c1.database("app").watch().await.unwrap();
+    c1.database("app")
+        .collection::<Document>("t")
+        .insert_one(doc! {"_id": 1})
+        .await
+        .unwrap();
+    let event = stream.next().await.unwrap().unwrap();
+    c2.database("app")
+        .collection::<Document>("t")
+        .insert_one(doc! {"_id": 1})
+        .await
+        .unwrap();
+    let err = c2
+        .database("app")
+        .watch()
+        .start_after(event.id.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&err), Some(280), "{err}");
+    // The same server, a stream whose $match leaves that event out.
+    let err = c1
+        .database("app")
+        .watch()
+        .pipeline([doc! {"$match": {"ns.coll": "other"}}])
+        .start_after(event.id)
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&err), Some(280), "{err}");
+}
+
+#[tokio::test]
+async fn idle_cursors_time_out_and_change_streams_resume_past_it() {
+    let server = MongoWire::start();
+    server.set_cursor_timeout(Duration::from_millis(300));
+    let client = client(&server).await;
+    let db = client.database("app");
+    let coll = db.collection::<Document>("t");
+    coll.insert_many((0..50).map(|i| doc! {"_id": i}))
+        .await
+        .unwrap();
+    let mut cursor = coll.find(doc! {}).batch_size(10).await.unwrap();
+    for _ in 0..10 {
+        cursor.next().await.unwrap().unwrap();
+    }
+    let mut stream = db
+        .watch()
+        .max_await_time(Duration::from_millis(100))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let err = cursor.next().await.unwrap().unwrap_err();
+    assert_eq!(code_of(&err), Some(43), "{err}");
+    // CursorNotFound is resumable: the driver reopens the stream by itself.
+    coll.insert_one(doc! {"_id": 100}).await.unwrap();
+    let event = stream.next().await.unwrap().unwrap();
+    assert_eq!(event.document_key, Some(doc! {"_id": 100}));
+}
+
+#[tokio::test]
+async fn an_idle_server_writes_no_ops_that_move_the_post_batch_token() {
+    let server = MongoWire::start();
+    server.set_noop_interval(Duration::from_millis(200));
+    let client = client(&server).await;
+    let mut stream = client
+        .database("app")
+        .watch()
+        .max_await_time(Duration::from_millis(100))
+        .await
+        .unwrap();
+    let first = stream.resume_token().unwrap();
+    let mut moved = false;
+    for _ in 0..30 {
+        assert!(stream.next_if_any().await.unwrap().is_none());
+        if stream.resume_token().unwrap() != first {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "no write, yet the token moves");
+}
+
+#[tokio::test]
+async fn a_step_down_refuses_writes_and_interrupts_change_streams() {
+    let server = MongoWire::start();
+    let client = client(&server).await;
+    let db = client.database("app");
+    let coll = db.collection::<Document>("t");
+    let mut stream = db
+        .watch()
+        .max_await_time(Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(stream.next_if_any().await.unwrap().is_none());
+    server.set_secondary(true);
+    let err = coll.insert_one(doc! {"_id": 1}).await.unwrap_err();
+    assert!(
+        code_of(&err) == Some(10107) || err.to_string().contains("ReplicaSetNoPrimary"),
+        "{err}"
+    );
+    // Elected again a moment later: the stream resumes (11602 is resumable) and goes on.
+    let waiting = tokio::spawn(async move {
+        let event = stream.next().await.unwrap().unwrap();
+        event.document_key
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.set_secondary(false);
+    coll.insert_one(doc! {"_id": 2}).await.unwrap();
+    assert_eq!(waiting.await.unwrap(), Some(doc! {"_id": 2}));
+}

@@ -161,6 +161,7 @@ pub(super) fn aggregate(state: &mut State, db: &str, command: &Document) -> Repl
         ns: ns.clone(),
         invalidated: false,
         held: false,
+        show_expanded: spec.get_bool("showExpandedEvents").unwrap_or(false),
     };
     if let Some((seq, token)) = resumed_event {
         // The server finds the resume token's event in the stream it opens, after `$match`.
@@ -372,6 +373,44 @@ impl State {
         Ok((batch, last_token))
     }
 
+    /// The event's fields in the order a 7.0 server writes them: `_id`, `operationType`,
+    /// `clusterTime`, `wallTime`, `txnNumber`, `lsid`, `fullDocument`, `ns`, the rest
+    /// (`documentKey`, `updateDescription`, `to`); `disambiguatedPaths` only with
+    /// `showExpandedEvents`.
+    fn event_in_server_order(
+        &self,
+        entry: &Entry,
+        full: Option<Bson>,
+        show_expanded: bool,
+    ) -> Document {
+        let mut rest = entry.event.clone();
+        let mut event = doc! {"_id": token(self.deployment, entry.seq, EVENT, 0)};
+        if let Some(op) = rest.remove("operationType") {
+            event.insert("operationType", op);
+        }
+        event.insert("clusterTime", entry.ts);
+        event.insert("wallTime", entry.wall);
+        for field in ["txnNumber", "lsid"] {
+            if let Some(value) = rest.remove(field) {
+                event.insert(field, value);
+            }
+        }
+        rest.remove("fullDocument");
+        if let Some(full) = full {
+            event.insert("fullDocument", full);
+        }
+        if let Some(ns) = rest.remove("ns") {
+            event.insert("ns", ns);
+        }
+        if let Ok(description) = rest.get_document_mut("updateDescription") {
+            if !show_expanded {
+                description.remove("disambiguatedPaths");
+            }
+        }
+        event.extend(rest);
+        event
+    }
+
     /// The events one oplog entry produces for a cursor (none, one, or one plus invalidate).
     fn events_for(&self, entry: &Entry, cursor: &ChangeCursor) -> Result<Vec<Document>, Document> {
         let ns = entry.event.get_document("ns").cloned().unwrap_or_default();
@@ -385,13 +424,10 @@ impl State {
                 return Ok(vec![]);
             }
         }
-        let mut event = doc! {"_id": token(self.deployment, entry.seq, EVENT, 0)};
-        event.extend(entry.event.clone());
-        event.insert("clusterTime", entry.ts);
-        event.insert("wallTime", entry.wall);
         let key = entry.event.get_document("documentKey").ok();
+        let mut full = entry.event.get("fullDocument").cloned();
         if op == "update" || op == "replace" {
-            let full = match cursor.full_document.as_str() {
+            let looked_up = match cursor.full_document.as_str() {
                 "updateLookup" if op == "update" => {
                     let ns = format!("{}.{}", cursor.db, entry_coll.unwrap_or(""));
                     let id = key
@@ -420,10 +456,11 @@ impl State {
                 },
                 _ => None,
             };
-            if let Some(full) = full {
-                event.insert("fullDocument", full);
+            if looked_up.is_some() {
+                full = looked_up;
             }
         }
+        let mut event = self.event_in_server_order(entry, full, cursor.show_expanded);
         if matches!(op, "update" | "replace" | "delete") {
             match (cursor.before_change.as_str(), &entry.pre) {
                 ("whenAvailable" | "required", Some(pre)) => {

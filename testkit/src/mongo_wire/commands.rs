@@ -1,6 +1,7 @@
 //! Commands other than change streams: handshake, CRUD, DDL, transactions, cursors.
 
 use super::change_streams::{aggregate, get_more};
+use super::updates::apply_update;
 use super::*;
 
 pub(super) fn error(code: i32, name: &str, message: &str) -> Document {
@@ -591,67 +592,4 @@ pub(super) fn take_find(cursor: &mut CursorState, n: usize) -> (Vec<Document>, b
 
 pub(super) fn matches(doc: &Document, filter: &Document) -> bool {
     filter.iter().all(|(k, v)| doc.get(k) == Some(v))
-}
-
-/// The new document and, for operator updates, the `updateDescription`.
-pub(super) fn apply_update(
-    old: &Document,
-    u: &Document,
-) -> Result<(Document, Option<Document>), Document> {
-    if !u.keys().any(|k| k.starts_with('$')) {
-        let mut new = doc! {"_id": old.get("_id").cloned().unwrap_or(Bson::Null)};
-        for (k, v) in u {
-            if k != "_id" {
-                new.insert(k.clone(), v.clone());
-            }
-        }
-        if let Some(id) = u.get("_id") {
-            new.insert("_id", id.clone());
-        }
-        return Ok((new, None));
-    }
-    let mut new = old.clone();
-    let mut updated = Document::new();
-    let mut removed = Vec::new();
-    for (op, fields) in u {
-        let fields = fields
-            .as_document()
-            .ok_or_else(|| bad(format!("{op} needs a document")))?;
-        for (field, value) in fields {
-            if field.contains('.') {
-                return Err(bad("nested field paths are not emulated"));
-            }
-            match op.as_str() {
-                "$set" => {
-                    if new.get(field) != Some(value) {
-                        new.insert(field.clone(), value.clone());
-                        updated.insert(field.clone(), value.clone());
-                    }
-                }
-                "$unset" => {
-                    if new.remove(field).is_some() {
-                        removed.push(Bson::String(field.clone()));
-                    }
-                }
-                "$inc" => {
-                    let sum = match (new.get(field), value) {
-                        (None, v) => v.clone(),
-                        (Some(Bson::Int32(a)), Bson::Int32(b)) => Bson::Int32(a + b),
-                        (Some(Bson::Int64(a)), Bson::Int64(b)) => Bson::Int64(a + b),
-                        (Some(Bson::Int32(a)), Bson::Int64(b)) => Bson::Int64(*a as i64 + b),
-                        (Some(Bson::Int64(a)), Bson::Int32(b)) => Bson::Int64(a + *b as i64),
-                        (Some(Bson::Double(a)), Bson::Double(b)) => Bson::Double(a + b),
-                        _ => return Err(error(14, "TypeMismatch", "cannot $inc a non-number")),
-                    };
-                    new.insert(field.clone(), sum.clone());
-                    updated.insert(field.clone(), sum);
-                }
-                other => return Err(bad(format!("update operator {other} is not emulated"))),
-            }
-        }
-    }
-    Ok((
-        new,
-        Some(doc! {"updatedFields": updated, "removedFields": removed, "truncatedArrays": []}),
-    ))
 }

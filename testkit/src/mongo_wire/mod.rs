@@ -42,6 +42,7 @@ mod change_streams;
 mod commands;
 mod faults;
 mod id_order;
+mod updates;
 
 use commands::run_command;
 pub use faults::Hold;
@@ -143,6 +144,9 @@ struct ChangeCursor {
     invalidated: bool,
     /// Held between two fragments of a split event until the test releases it.
     held: bool,
+    /// `showExpandedEvents`: `updateDescription.disambiguatedPaths` (DDL events are not
+    /// emulated).
+    show_expanded: bool,
 }
 
 impl MongoWire {
