@@ -1,42 +1,64 @@
 //! A small MongoDB wire-protocol server for tests: the real `mongodb` driver (in the tests and
 //! in the relay process) talks to it over TCP as if it were a single-node replica set.
 //!
-//! Emulated (following the OP_MSG, server discovery/monitoring and change-stream specs):
+//! Emulated (following the OP_MSG, server discovery/monitoring and change-stream specs, and a
+//! 7.0 server's behaviour where the relay depends on it):
 //! - OP_MSG with section kinds 0 and 1 (the checksum flag is accepted and ignored,
 //!   `moreToCome` requests get no reply). Nothing else: the driver sends only OP_MSG.
 //! - `hello`/`isMaster` as the primary of replica set `rs0` (`helloOk`, `isWritablePrimary`,
 //!   `setName`, `hosts` = its own address, wire versions 0..21, size limits,
-//!   `logicalSessionTimeoutMinutes`). No `topologyVersion`, so the driver polls instead of
-//!   streaming `hello`.
-//! - `ping`, `buildInfo`, `endSessions`, `insert`, `update` (`$set`, `$unset`, `$inc` on top-level
-//!   fields, or a replacement document; `upsert`, `multi`), `delete` (`limit` 0/1), `find`
-//!   (equality filters on top-level fields, always in `_id` order, `batchSize`, `limit`),
-//!   `getMore`, `killCursors`, `drop`, `dropDatabase`, `create`/`collMod`
-//!   (`changeStreamPreAndPostImages`), `renameCollection`, `listCollections`, and `find` on
-//!   `local.oplog.rs` (first/last entry's `ts` and `wall`, for the oplog window).
+//!   `logicalSessionTimeoutMinutes`), or as a secondary without a primary after a step-down
+//!   (writes then fail with 10107 NotWritablePrimary, open change-stream `getMore`s with 11602
+//!   labelled resumable). No `topologyVersion`, so the driver polls instead of streaming.
+//! - `ping`, `buildInfo` (7.0.0 unless a test sets another version), `endSessions`, `insert`,
+//!   `update` (`$set`, `$unset`, `$inc` on dotted paths, `$push`, `$pop`, or a replacement
+//!   document; `upsert`, `multi`), `delete` (`limit` 0/1), `find` (equality filters on
+//!   top-level fields, always in `_id` order, `batchSize`, `limit`), `getMore`, `killCursors`,
+//!   `drop`, `dropDatabase`, `create`/`collMod` (`changeStreamPreAndPostImages`),
+//!   `renameCollection`, `listCollections` (with its `filter`: equality or `$in` on dotted
+//!   paths), and `find` on `local.oplog.rs` (first/last entry's `ts` and `wall`).
 //! - Transactions: writes with `autocommit: false` are applied at once but their oplog entries
-//!   are held back until `commitTransaction` and then appear together, carrying `lsid` and
-//!   `txnNumber`. `abortTransaction` is not emulated (it answers an error).
+//!   are held back until `commitTransaction` and then appear together, sharing one
+//!   `clusterTime` and carrying `lsid` (`{id, uid}`) and `txnNumber`. `abortTransaction` is not
+//!   emulated (it answers an error).
 //! - `aggregate` with a `$changeStream` first stage (database- or collection-wide) over an
-//!   in-memory oplog: resume tokens (`{_data: hex}`), a distinct high-water-mark token before
-//!   the first event, `postBatchResumeToken` in every batch, `getMore` that waits for new
-//!   entries up to `maxTimeMS` (1 s by default), `resumeAfter`/`startAfter`/
-//!   `startAtOperationTime`, `fullDocument` (`default`, `updateLookup`, `whenAvailable`,
-//!   `required`), `fullDocumentBeforeChange` (pre-images of collections with
-//!   `changeStreamPreAndPostImages` enabled), `invalidate` after a collection stream's
-//!   collection is dropped or renamed and after `dropDatabase` for database streams,
-//!   `$match` stages (`$or`/`$and` of dotted paths compared by equality or `$in`),
-//!   `$changeStreamSplitLargeEvent` (fragments of events over 16 MiB), and error 286
-//!   (`ChangeStreamHistoryLost`) when a resume point fell out of the oplog window, which
-//!   keeps only the newest `window` entries.
-//! - Faults on request: drop every open socket, answer the next change-stream `getMore`s with
-//!   an error labelled `ResumableChangeStreamError`; a small oplog window from the start
+//!   in-memory oplog: resume tokens (`{_data: hex}`, naming this deployment), a distinct
+//!   high-water-mark token before the first event, `postBatchResumeToken` in every batch,
+//!   `getMore` that waits for new entries up to `maxTimeMS` (1 s by default),
+//!   `resumeAfter`/`startAfter`/`startAtOperationTime`, `fullDocument` (`default`,
+//!   `updateLookup`, `whenAvailable`, `required` → 47 without a post-image),
+//!   `fullDocumentBeforeChange`, `showExpandedEvents` (only `disambiguatedPaths`), `invalidate`
+//!   after a collection stream's collection is dropped or renamed and after `dropDatabase`
+//!   for database streams, `$match` stages (`$or`/`$and` of dotted paths compared by equality
+//!   or `$in`), events with their fields in a 7.0 server's order and `updateDescription` as it
+//!   reports it (dotted `updatedFields`, appends as `arr.<n>`, `truncatedArrays`).
+//!   `$changeStreamSplitLargeEvent`: fragments of top-level fields (`_id` and `splitEvent`
+//!   first), a stream resumed from a fragment's token starts at the next fragment, 7182500
+//!   for a field too large to split, and 10334 for an event over 16 MiB without the stage.
+//!   Errors as a server gives them: 286 (`ChangeStreamHistoryLost`) when a resume point fell out
+//!   of the oplog window (the newest `window` entries), 136 (`CappedPositionLost`) when a live
+//!   cursor's next entry did, 280 (`ChangeStreamFatalError`, "resume token was not found") for
+//!   another deployment's token or the token of an event the stream's `$match` leaves out, 43
+//!   (`CursorNotFound`) after a cursor's idle timeout. An idle server writes a no-op every 10 s
+//!   (`periodicNoopIntervalSecs`), which moves `postBatchResumeToken`s.
+//! - Faults and behaviours a test turns on ([`faults`]): drop every open socket, resumable
+//!   errors on change-stream `getMore`s, errors on `find` cursors' `getMore`s, change streams
+//!   held between fragments or after events (like `failCommand`'s `blockConnection`), an older
+//!   version, step-down, cursor idle timeout, the no-op interval, a small oplog window
 //!   (`start_with_window`).
 //!
+//! The modules: `commands` (handshake, CRUD, DDL, transactions, cursors), `updates` (update
+//! documents and their `updateDescription`), `change_streams` (aggregate/getMore, tokens,
+//! split events), `faults`, `id_order` (the server's `_id` order).
+//!
 //! Not emulated: authentication, TLS, compression, read/write concerns (accepted and ignored),
-//! sessions beyond reading `lsid`, other pipeline stages or `$match` operators in change
-//! streams, query operators in CRUD commands, nested field paths in updates, indexes, `showExpandedEvents` events, sharding, more
-//! than one node, and cursor timeouts.
+//! sessions beyond reading `lsid`, retryable-write deduplication (`txnNumber` outside
+//! transactions), `abortTransaction`, other pipeline stages or `$match` operators in change
+//! streams, query operators in CRUD commands, `$pull`/`$addToSet`/array filters and update
+//! pipelines, indexes, expanded DDL events (`create`, `createIndexes`, `modify`,
+//! `shardCollection`…) and `collectionUUID`, events of other databases' renames, pre-/post-image
+//! expiry, sharding and mongos, more than one node (elections, rollback, majority commit,
+//! secondaries' reads), and the exact bytes of real resume tokens.
 
 mod change_streams;
 mod commands;
