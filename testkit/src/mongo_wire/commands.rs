@@ -1,6 +1,7 @@
 //! Commands other than change streams: handshake, CRUD, DDL, transactions, cursors.
 
 use super::change_streams::{aggregate, get_more};
+use super::transactions::{transaction_of, TxnKey};
 use super::updates::apply_update;
 use super::*;
 
@@ -204,28 +205,7 @@ impl State {
                     doc! {"cursor": {"id": 0i64, "ns": format!("{db}.$cmd.listCollections"), "firstBatch": batch}},
                 ))
             }
-            "committransaction" => {
-                let key = txn.ok_or_else(|| bad("commitTransaction without a transaction"))?;
-                if let Some(events) = self.txns.remove(&key) {
-                    // Every event of a transaction carries the commit's clusterTime.
-                    self.txn_time = Some(self.next_ts());
-                    for event in events {
-                        let pre = event.get_document("__pre").ok().cloned();
-                        let post = event.get_document("__post").ok().cloned();
-                        let mut event = event;
-                        event.remove("__pre");
-                        event.remove("__post");
-                        let db = event
-                            .get_document("ns")
-                            .ok()
-                            .and_then(|ns| ns.get_str("db").ok())
-                            .map(String::from);
-                        self.log(db.as_deref(), event, pre, post, None);
-                    }
-                    self.txn_time = None;
-                }
-                Ok(ok(doc! {}))
-            }
+            "committransaction" => self.commit_transaction(txn),
             other => Err(error(
                 59,
                 "CommandNotFound",
@@ -258,25 +238,13 @@ impl State {
     pub(super) fn log(
         &mut self,
         _db: Option<&str>,
-        mut event: Document,
+        event: Document,
         pre: Option<Document>,
         post: Option<Document>,
         txn: Option<&TxnKey>,
     ) {
         if let Some(key) = txn {
-            if let Some(pre) = pre {
-                event.insert("__pre", pre);
-            }
-            if let Some(post) = post {
-                event.insert("__post", post);
-            }
-            // As the server shows it: the session id and the hash of the user who owns it.
-            event.insert("lsid", doc! {
-                "id": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Uuid, bytes: key.0.clone() }),
-                "uid": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![0xe3; 32] }),
-            });
-            event.insert("txnNumber", key.1);
-            self.txns.entry(key.clone()).or_default().push(event);
+            self.hold_back(key, event, pre, post);
             return;
         }
         let ts = self.txn_time.unwrap_or_else(|| self.next_ts());
@@ -294,7 +262,7 @@ impl State {
     }
 
     /// The clusterTime of the next write.
-    fn next_ts(&self) -> Timestamp {
+    pub(super) fn next_ts(&self) -> Timestamp {
         Timestamp {
             time: self.boot_secs,
             increment: self.head as u32 + 1,
@@ -551,20 +519,6 @@ impl State {
 
 pub(super) fn bad(e: impl std::fmt::Display) -> Document {
     error(2, "BadValue", &e.to_string())
-}
-
-pub(super) type TxnKey = (Vec<u8>, i64);
-
-pub(super) fn transaction_of(command: &Document) -> Option<TxnKey> {
-    if command.get_bool("autocommit") != Ok(false) {
-        return None;
-    }
-    let number = command.get_i64("txnNumber").ok()?;
-    let lsid = command.get_document("lsid").ok()?;
-    match lsid.get("id")? {
-        Bson::Binary(b) => Some((b.bytes.clone(), number)),
-        _ => None,
-    }
 }
 
 pub(super) fn batch_size(value: Option<&Bson>, default: usize) -> usize {

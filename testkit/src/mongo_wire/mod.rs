@@ -47,7 +47,8 @@
 //!   version, step-down, cursor idle timeout, the no-op interval, a small oplog window
 //!   (`start_with_window`).
 //!
-//! The modules: `commands` (handshake, CRUD, DDL, transactions, cursors), `updates` (update
+//! The modules: `commands` (handshake, CRUD, DDL, cursors), `transactions` (writes in a
+//! transaction held back until `commitTransaction`), `updates` (update
 //! documents and their `updateDescription`), `change_streams` (aggregate/getMore, tokens,
 //! split events), `faults`, `id_order` (the server's `_id` order).
 //!
@@ -64,6 +65,7 @@ mod change_streams;
 mod commands;
 mod faults;
 mod id_order;
+mod transactions;
 mod updates;
 
 use commands::run_command;
@@ -118,7 +120,8 @@ struct State {
     faults: faults::Faults,
     /// Identifies this deployment in its resume tokens: another server's token is unknown here.
     deployment: u32,
-    txns: HashMap<(Vec<u8>, i64), Vec<Document>>,
+    /// Open transactions' oplog entries, held back until their commit ([`transactions`]).
+    txns: HashMap<transactions::TxnKey, Vec<Document>>,
     /// Change events sent to clients so far.
     events_sent: std::sync::atomic::AtomicU64,
     boot_secs: u32,
