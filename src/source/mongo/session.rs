@@ -313,11 +313,13 @@ impl MongoSource {
                     }
                 }
                 Err(e) => {
-                    // What arrived before the error is covered by the stream's token.
-                    if !reassembly.in_progress() {
-                        self.flush(&mut pending, stream.resume_token(), &mut saved)
-                            .await?;
-                    }
+                    // What arrived before the error is covered by the stream's token (the one
+                    // after the last whole event, when the error fell inside a split event).
+                    let token = match reassembly.in_progress() {
+                        true => whole_token,
+                        false => stream.resume_token(),
+                    };
+                    self.flush(&mut pending, token, &mut saved).await?;
                     return Err(self.upstream_error(e).await);
                 }
             }
