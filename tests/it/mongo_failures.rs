@@ -240,3 +240,34 @@ async fn values_map_to_the_documented_json_through_the_copy_and_the_stream() {
         Some(json!({"_id": {"$numberLong": "9007199254740993"}}))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_down_and_an_idle_cursor_timeout_lose_nothing() {
+    let server = MongoWire::start();
+    server.set_cursor_timeout(Duration::from_millis(500));
+    let mut s = Setup::start_on(server, &["events"], "").await;
+    s.events().insert_one(doc! {"_id": 1}).await.unwrap();
+    s.wait_for("the first insert", |r| r.op == Op::Insert);
+    // A step-down: the open getMore fails with 11602, writes are refused, then elected again.
+    s.server().set_secondary(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.server().set_secondary(false);
+    s.events().insert_one(doc! {"_id": 2}).await.unwrap();
+    s.wait_for_state("events");
+    // Frozen past the cursor timeout: its next getMore finds the cursor gone (43).
+    let pid = s.relay.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+    };
+    signal("-STOP");
+    s.events().insert_one(doc! {"_id": 3}).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal("-CONT");
+    s.events().insert_one(doc! {"_id": 4}).await.unwrap();
+    let records = s.wait_for_state("events");
+    assert_eq!(records.len(), 4);
+    assert!(!s.relay.output().contains("HISTORY LOST"));
+}

@@ -207,6 +207,8 @@ pub(super) async fn get_more(shared: &Arc<Shared>, command: &Document) -> Docume
     let deadline = Instant::now() + wait;
     let mut head = shared.head.subscribe();
     let mut holding = false;
+    shared.lock().expire_cursors();
+    let _in_use = super::faults::InUse::mark(shared, id);
     loop {
         {
             let mut state = shared.lock();

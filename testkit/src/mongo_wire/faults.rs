@@ -125,7 +125,7 @@ impl State {
         };
         let now = Instant::now();
         self.cursor_used.retain(|id, used| {
-            let alive = now.duration_since(*used) <= timeout;
+            let alive = self.cursors_in_use.contains(id) || now.duration_since(*used) <= timeout;
             if !alive {
                 self.cursors.remove(id);
             }
@@ -152,5 +152,29 @@ pub(super) async fn write_noops(shared: Arc<Shared>) {
             shared.head.send_replace(state.head);
         }
         last_head = state.head;
+    }
+}
+
+/// Marks a cursor in use for as long as a `getMore` runs on it.
+pub(super) struct InUse<'a> {
+    shared: &'a Shared,
+    id: i64,
+}
+
+impl<'a> InUse<'a> {
+    pub(super) fn mark(shared: &'a Shared, id: i64) -> InUse<'a> {
+        shared.lock().cursors_in_use.insert(id);
+        InUse { shared, id }
+    }
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.cursors_in_use.remove(&self.id);
+        state
+            .cursor_used
+            .entry(self.id)
+            .and_modify(|t| *t = Instant::now());
     }
 }

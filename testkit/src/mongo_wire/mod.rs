@@ -112,6 +112,8 @@ struct State {
     cursors: HashMap<i64, CursorState>,
     /// When each cursor was last used (for idle timeouts).
     cursor_used: HashMap<i64, Instant>,
+    /// Cursors a `getMore` is running on: never idle, whatever it waits for.
+    cursors_in_use: std::collections::HashSet<i64>,
     /// The clusterTime of the transaction being committed: all its events share it.
     txn_time: Option<Timestamp>,
     next_cursor: i64,
