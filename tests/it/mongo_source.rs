@@ -469,12 +469,14 @@ async fn collections_added_to_the_config_are_copied_and_removed_ones_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_stream_keeps_a_fresh_token() {
-    // An oplog of 100 entries, filled by a collection the relay does not sync.
-    let mut s = Setup::start_on(MongoWire::start_with_window(100), &["events"], "").await;
+    // An oplog of 400 entries, overrun by 600 writes (at least 12 s) to a collection the
+    // relay does not sync: the token stored with the first insert falls out of it, one stored
+    // at most 5 s ago (at most 250 writes) does not.
+    let mut s = Setup::start_on(MongoWire::start_with_window(400), &["events"], "").await;
     s.events().insert_one(doc! {"_id": 1}).await.unwrap();
     s.wait_for("the first insert", |r| r.op == Op::Insert);
     let other = s.db.collection::<Document>("other");
-    for i in 0..300 {
+    for i in 0..600 {
         other.insert_one(doc! {"_id": i}).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -486,7 +488,7 @@ async fn an_idle_stream_keeps_a_fresh_token() {
     s.wait_for_state("events");
     let output = s.relay.output();
     assert!(!output.contains("HISTORY LOST"), "{output}");
-    // The 300 events of the unsynced collection never left the server.
+    // The 600 events of the unsynced collection never left the server.
     let sent = s.server().events_sent();
     assert!(sent < 10, "{sent} events sent");
 }
