@@ -45,6 +45,7 @@ export class Client implements Core {
     const id = JSON.stringify([name, shape.where, shape.params, shape.columns]);
     let c = this.collections.get(id);
     if (!c) this.collections.set(id, (c = new Collection(this, name, shape, "state:" + id)));
+    c.keys ??= shape.key;
     return c;
   }
 
@@ -143,7 +144,8 @@ export class Collection implements Sink {
   /** During a resync after 410: the new state, shown once it has caught up. */
   private fresh?: Map<string, Row>;
   private lagMs: number | null = null;
-  private keys?: string[];
+  /** The key columns, once known. */
+  keys?: string[];
   private listeners = new Set<() => void>();
   private snap: Snapshot = { rows: new Map(), info: { cursor: null, lagMs: null, synced: false, pending: 0 } };
   private loaded = false;
@@ -256,6 +258,8 @@ export class Collection implements Sink {
       if (this.fresh) (this.server = this.fresh), (this.fresh = undefined);
       this.save();
       void this.client.queue.flush();
+      // Learn the key columns while online, so that inserts made offline later can be keyed.
+      if (!this.keys) this.client.keyColumns().then((k) => (this.keys ??= k[this.name]), () => {});
     } else if (records.length) this.saveTimer ??= setTimeout(() => this.save(), 300);
     this.recompute();
   }
