@@ -75,11 +75,11 @@ export class Client implements Core {
     return this.queue.flush();
   }
 
-  /** Stops every connection; queued writes stay stored for the next client. */
-  close() {
-    this.collections.forEach((c) => c.close());
+  /** Stops every connection; resolves once each collection's state is stored. */
+  close(): Promise<void> {
     this.online = false;
     this.waiting.forEach((wake) => wake());
+    return Promise.all([...this.collections.values()].map((c) => c.close())).then(() => {});
   }
 
   whenOnline(signal: AbortSignal): Promise<void> {
@@ -199,10 +199,12 @@ export class Collection implements Sink {
     })().catch((e) => this.client.emit("error", { collection: this.name, message: String(e) }));
   }
 
-  close() {
+  /** Stops syncing; resolves once the state reached is stored. */
+  close(): Promise<void> {
     this.running?.abort();
     this.running = undefined;
     this.save();
+    return this.saving.catch(() => {});
   }
 
   insert(row: Row): Promise<void> {

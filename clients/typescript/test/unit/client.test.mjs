@@ -1,12 +1,16 @@
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { createClient, memoryStore } from "../../dist/index.js";
 import { FakeRelay, until } from "../fake-relay.mjs";
 
 const fast = { base: 5, max: 20 };
+// Every client is closed at the end even when a test fails, so no retry loop keeps Node alive.
+const clients = [];
+after(() => Promise.all(clients.map((c) => c.close())));
 
 function open(relay, opts = {}) {
   const client = createClient({ url: "http://relay.test/", fetch: relay.fetch, backoff: fast, ...opts });
+  clients.push(client);
   const todos = client.collection("public.todos", opts.shape);
   const seen = { rows: new Map(), info: null, calls: 0 };
   todos.subscribe((rows, info) => Object.assign(seen, { rows, info, calls: seen.calls + 1 }));
@@ -65,7 +69,7 @@ test("a reload resumes from the stored cursor without downloading again", async 
   relay.commit("insert", { id: 1, title: "a" });
   const first = open(relay, { store });
   await until(() => first.seen.info?.synced);
-  first.client.close();
+  await first.client.close();
   relay.requests.length = 0;
   const second = open(relay, { store });
   await until(() => second.seen.rows.size === 1, 3000, "stored rows before any request");

@@ -1,13 +1,17 @@
 // The write path against a fake relay that follows the `POST /v1/mutations` contract.
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { createClient, memoryStore } from "../../dist/index.js";
 import { FakeRelay, until } from "../fake-relay.mjs";
 
 const fast = { base: 5, max: 20 };
+// Every client is closed at the end even when a test fails, so no retry loop keeps Node alive.
+const clients = [];
+after(() => Promise.all(clients.map((c) => c.close())));
 
 function open(relay, opts = {}) {
   const client = createClient({ url: "http://relay.test", fetch: relay.fetch, backoff: fast, ...opts });
+  clients.push(client);
   const todos = client.collection("public.todos");
   const seen = { rows: new Map(), info: null };
   todos.subscribe((rows, info) => Object.assign(seen, { rows, info }));
@@ -52,7 +56,7 @@ test("offline writes survive a reload and are flushed in order, each applied onc
   assert.deepEqual([...first.seen.rows.values()], [{ id: 2, title: "b", done: true }]);
   assert.equal(first.seen.info.pending, 4);
   assert.equal(posts(relay).length, 0, "nothing sent while offline");
-  first.client.close(); // a reload: a new client on the same store
+  await first.client.close(); // a reload: a new client on the same store
 
   const second = open(relay, { store });
   await until(() => second.seen.info?.synced && second.seen.info.pending === 0, 3000, "flushed");
