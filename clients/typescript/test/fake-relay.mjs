@@ -45,6 +45,11 @@ export class FakeRelay {
     this.log.push({ cursor: `${this.epoch}-${++this.seq}`, source: "fake", collection: "public.todos", op: "insert", key, after: row });
   }
 
+  /** `event: heartbeat` on every live stream (the Freshness contract). */
+  heartbeat(lagMs) {
+    for (const s of this.streams) s.raw(`event: heartbeat\ndata: {"cursor":"${this.head()}","lag_ms":${lagMs}}\n\n`);
+  }
+
   /** Ends every live stream, as a relay restart would. */
   dropStreams() {
     for (const s of [...this.streams]) s.end();
@@ -86,6 +91,7 @@ export class FakeRelay {
     const body = new ReadableStream({
       start: (ctl) => {
         stream = {
+          raw: (text) => ctl.enqueue(enc.encode(text)),
           send: (rec) => ctl.enqueue(enc.encode(`id: ${rec.cursor}\nevent: change\ndata: ${JSON.stringify(rec)}\n\n`)),
           end: () => {
             streams.delete(stream);
@@ -94,7 +100,7 @@ export class FakeRelay {
         };
         ctl.enqueue(enc.encode("retry: 2000\n\n"));
         for (const r of after) stream.send(r);
-        ctl.enqueue(enc.encode(`id: ${this.head()}\nevent: ready\ndata: {"cursor":"${this.head()}"}\n\n`));
+        ctl.enqueue(enc.encode(`id: ${this.head()}\nevent: ready\ndata: {"cursor":"${this.head()}"${this.readyLag === undefined ? "" : `,"lag_ms":${this.readyLag}`}}\n\n`));
         streams.add(stream);
         init.signal?.addEventListener("abort", () => {
           streams.delete(stream);

@@ -185,3 +185,41 @@ test("offline closes the stream; online reconnects from the cursor", async (t) =
   client.setOnline(true);
   await until(() => seen.rows.size === 1);
 });
+
+test("lag comes from ready and heartbeat events; a heartbeat does not move the cursor", async (t) => {
+  const relay = new FakeRelay();
+  relay.readyLag = 1200;
+  relay.commit("insert", { id: 1, title: "a" });
+  const { client, seen } = open(relay);
+  t.after(() => client.close());
+  await until(() => seen.info?.synced);
+  assert.equal(seen.info.lagMs, 1200);
+  relay.seq += 5; // changes of other collections move the head
+  relay.heartbeat(0);
+  await until(() => seen.info.lagMs === 0);
+  assert.equal(seen.info.cursor, "7-1");
+});
+
+test("snapshots for useSyncExternalStore: the same object until something changes", async (t) => {
+  const relay = new FakeRelay();
+  relay.commit("insert", { id: 1, title: "a" });
+  const { client, todos, seen } = open(relay);
+  t.after(() => client.close());
+  await until(() => seen.info?.synced);
+  let calls = 0;
+  const off = todos.listen(() => calls++);
+  const before = todos.snapshot();
+  assert.equal(todos.snapshot(), before);
+  assert.equal(before.rows, seen.rows);
+  relay.commit("insert", { id: 2, title: "b" });
+  await until(() => calls > 0);
+  const now = todos.snapshot();
+  assert.notEqual(now, before);
+  assert.equal(before.rows.size, 1, "an old snapshot is never changed in place");
+  assert.equal(now.rows.size, 2);
+  off();
+  relay.commit("insert", { id: 3, title: "c" });
+  await until(() => seen.rows.size === 3);
+  assert.equal(calls, 1, "no calls after unsubscribing");
+  assert.equal(client.collection("public.todos"), todos, "one object per shape");
+});
