@@ -78,6 +78,7 @@ export class Client implements Core {
   /** Stops every connection; resolves once each collection's state is stored. */
   close(): Promise<void> {
     this.online = false;
+    this.queue.stop();
     this.waiting.forEach((wake) => wake());
     return Promise.all([...this.collections.values()].map((c) => c.close())).then(() => {});
   }

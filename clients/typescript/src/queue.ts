@@ -114,6 +114,11 @@ export class WriteQueue {
     }
   }
 
+  /** Cancels a scheduled retry (the client is closing). */
+  stop() {
+    clearTimeout(this.timer);
+  }
+
   /** A write the relay did not apply leaves the queue (the server's state wins) and is reported. */
   private settle(c: Conflict) {
     this.entries = this.entries.filter((e) => e.m.id !== c.mutation.id);

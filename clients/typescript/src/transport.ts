@@ -128,7 +128,8 @@ async function pollOnce(core: Core, sink: Sink, ctl: AbortController): Promise<O
   if (res.status === 410) return expire(sink, res);
   if (!res.ok) return core.fail(sink.name, res).then(() => "retry");
   const page = await res.json();
-  sink.apply(page.changes, page.has_more ? undefined : page.cursor, page.lag_ms);
+  // An empty log answers with the `since` it was given: `0` is no cursor.
+  sink.apply(page.changes, page.has_more ? undefined : page.cursor === "0" ? null : page.cursor, page.lag_ms);
   return "now";
 }
 

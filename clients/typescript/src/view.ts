@@ -26,12 +26,12 @@ export function pick(row: Row, columns: string[]): Row {
 
 /**
  * Whether the log position `cursor` is at or past `target`. Cursors are `<epoch>-<seq>`
- * (docs/DESIGN.md); one from another epoch means the log was recreated, so `target` can no
+ * (docs/DESIGN.md; `0`, the beginning, reaches nothing); one from another epoch means the log was recreated, so `target` can no
  * longer be waited for and counts as passed.
  */
 export function cursorReached(cursor: string | null, target: string): boolean {
-  if (!cursor) return false;
-  const a = cursor.lastIndexOf("-");
+  const a = cursor?.lastIndexOf("-") ?? -1;
+  if (!cursor || a < 0) return false;
   const b = target.lastIndexOf("-");
   if (cursor.slice(0, a) !== target.slice(0, b)) return true;
   return Number(cursor.slice(a + 1)) >= Number(target.slice(b + 1));

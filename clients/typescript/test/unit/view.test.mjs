@@ -34,6 +34,7 @@ test("cursors compare by seq within an epoch; another epoch counts as passed", (
   assert.ok(!cursorReached("5-9", "5-100"), "numeric, not text order");
   assert.ok(cursorReached("6-1", "5-100"));
   assert.ok(!cursorReached(null, "5-1"));
+  assert.ok(!cursorReached("0", "5-1"), "the beginning reaches nothing");
 });
 
 const m = (id, op, k, fields) => ({ m: { id, collection: "public.todos", op, at: "t", ...fields }, k });
