@@ -135,6 +135,8 @@ async function pollOnce(core: Core, sink: Sink, ctl: AbortController): Promise<O
 
 async function expire(sink: Sink, res: Response): Promise<Outcome> {
   await res.body?.cancel();
+  // A 410 for a request from the beginning cannot be cured by starting over: back off.
+  const from = sink.cursor;
   sink.expired();
-  return "now";
+  return from ? "now" : "retry";
 }

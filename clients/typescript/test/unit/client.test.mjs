@@ -223,3 +223,14 @@ test("snapshots for useSyncExternalStore: the same object until something change
   assert.equal(calls, 1, "no calls after unsubscribing");
   assert.equal(client.collection("public.todos"), todos, "one object per shape");
 });
+
+test("a 410 even from the beginning backs off instead of looping", async (t) => {
+  let calls = 0;
+  const fetch = async () => (calls++, new Response('{"error":"cursor_expired","message":"x"}', { status: 410 }));
+  const client = createClient({ url: "http://relay.test", fetch, backoff: { base: 50, max: 50 } });
+  clients.push(client);
+  t.after(() => client.close());
+  client.collection("public.todos").subscribe(() => {});
+  await new Promise((r) => setTimeout(r, 300));
+  assert.ok(calls >= 2 && calls <= 12, `${calls} requests in 300 ms`);
+});
