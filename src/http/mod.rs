@@ -9,6 +9,7 @@ pub mod auth;
 mod changes;
 pub mod console;
 mod error;
+mod openapi;
 pub mod params;
 mod server;
 mod status;
@@ -153,7 +154,8 @@ pub fn router_with(
         .route("/v1/status", get(status::status));
     let mut open = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(status::readyz));
+        .route("/readyz", get(status::readyz))
+        .route("/v1/openapi.json", get(openapi::document));
     if public_metrics {
         open = open.route("/metrics", get(status::metrics));
     } else {

@@ -736,3 +736,14 @@ tables = ["public.items"]
     let log = std::fs::read_to_string(dir.path().join("relay.log")).unwrap();
     assert!(log.contains("could not reload the JWKS file"), "{log}");
 }
+
+/// The API description is open with auth on, like /healthz: it reveals no data.
+#[tokio::test]
+async fn the_openapi_document_needs_no_token() {
+    let auth = auth_config(|a| a.jwt_secret = Some(SECRET.into()));
+    let server = server(&auth, None).await;
+    let response = server.get("/v1/openapi.json").await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.json()["openapi"], "3.1.0");
+    assert_eq!(server.get("/v1/collections").await.status, 401);
+}

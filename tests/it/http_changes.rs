@@ -591,3 +591,73 @@ async fn readyz_reports_disconnected_sources() {
     status_tx.send_modify(|s| s.initial_copy.state = CopyState::Done);
     assert_eq!(get(addr, "/readyz", &[]).await.status, 200);
 }
+
+/// `GET /v1/openapi.json` serves docs/openapi.yaml (OpenAPI 3.1, in YAML's JSON form), and what
+/// each documented route answers, good request or bad, is a status and content type that the
+/// document lists for it.
+#[tokio::test]
+async fn the_openapi_document_describes_what_each_route_answers() {
+    let server = Server::start().await;
+    commit(
+        &server.log,
+        vec![(tx(1), vec![upsert("public.a", 1, json!(1))])],
+    )
+    .await;
+    let response = server.get("/v1/openapi.json").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let doc = response.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut routes: Vec<&str> = paths.keys().map(String::as_str).collect();
+    routes.sort();
+    assert_eq!(
+        routes,
+        [
+            "/healthz",
+            "/metrics",
+            "/readyz",
+            "/v1/changes",
+            "/v1/collections",
+            "/v1/openapi.json",
+            "/v1/status",
+            "/v1/stream",
+        ]
+    );
+    let requests = [
+        "/healthz",
+        "/metrics",
+        "/readyz",
+        "/v1/changes",
+        "/v1/changes?since=0&limit=1&collections=public.a",
+        "/v1/changes?limit=0",
+        "/v1/changes?collections=public.nope",
+        "/v1/changes?since=1-99",
+        "/v1/collections",
+        "/v1/openapi.json",
+        "/v1/status",
+        "/v1/stream?since=nonsense",
+        "/v1/stream?collections=public.nope",
+    ];
+    for request in requests {
+        let path = request.split('?').next().unwrap();
+        let response = server.get(request).await;
+        let documented = &paths[path]["get"]["responses"][response.status.to_string()];
+        assert!(
+            !documented.is_null(),
+            "{request}: {} is not documented",
+            response.status
+        );
+        let documented = match documented["$ref"].as_str() {
+            Some(r) => &doc["components"]["responses"][r.rsplit('/').next().unwrap()],
+            None => documented,
+        };
+        let content_type = response.header("content-type").unwrap_or_default();
+        let media = content_type.split(';').next().unwrap();
+        assert!(
+            documented["content"][media].is_object(),
+            "{request}: {media} is not documented for {}",
+            response.status
+        );
+    }
+}

@@ -1,0 +1,93 @@
+// The library in headless Chromium against the relay binary and a private Postgres: fetch
+// streaming with headers, IndexedDB persistence across a reload (rows, cursor, write queue).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer, request } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { build } from "esbuild";
+import { Pg, Relay, missingPrerequisite, freePort } from "./harness.mjs";
+
+const chromium = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const missing = missingPrerequisite() ?? (existsSync(chromium) ? null : `${chromium} is missing (apt-get install chromium)`);
+if (missing && process.env.CI === "true") throw new Error(`browser tests cannot run: ${missing}`);
+
+test("in Chromium: sync through fetch streaming; IndexedDB keeps rows, cursor and queued writes across a reload", { skip: missing ? `skipped: ${missing}` : false, timeout: 180000 }, async (t) => {
+  const pg = await Pg.start();
+  t.after(() => pg.stopSync());
+  pg.psql("postgres", "CREATE DATABASE web");
+  pg.psql("web", `CREATE TABLE todos (id int PRIMARY KEY, title text NOT NULL, done boolean NOT NULL DEFAULT false);
+                  INSERT INTO todos SELECT i, 'todo ' || i, false FROM generate_series(1, 50) i`);
+  const relay = await Relay.start(pg, "web", ["public.todos"]);
+  t.after(() => relay.stop());
+
+  const bundle = await build({
+    entryPoints: [fileURLToPath(new URL("./browser-page.mjs", import.meta.url))],
+    bundle: true, format: "esm", platform: "browser", write: false,
+  });
+  const results = [];
+  let done;
+  const finished = new Promise((resolve) => (done = resolve));
+  const server = createServer((req, res) => {
+    if (req.url.startsWith("/v1/")) {
+      // The page's API calls go to the relay unchanged (same origin for the page).
+      const upstream = request({ host: "127.0.0.1", port: relay.port, path: req.url, method: req.method, headers: req.headers }, (up) => {
+        res.writeHead(up.statusCode, up.headers);
+        up.pipe(res);
+      });
+      upstream.on("error", () => res.destroy());
+      req.pipe(upstream);
+      res.on("close", () => upstream.destroy());
+    } else if (req.url === "/result") {
+      let body = "";
+      req.on("data", (c) => (body += c)).on("end", () => {
+        const result = JSON.parse(body);
+        results.push(result);
+        // A change between the two page loads: the reloaded page must get it.
+        if (result.phase === "1" && !result.error) pg.psql("web", "UPDATE todos SET title = 'between loads' WHERE id = 7");
+        res.end("ok");
+        if (result.phase === "2" || result.error) done();
+      });
+    } else if (req.url === "/page.js") {
+      res.writeHead(200, { "content-type": "text/javascript" }).end(bundle.outputFiles[0].contents);
+    } else {
+      res.writeHead(200, { "content-type": "text/html" }).end('<!doctype html><script type="module" src="/page.js"></script>');
+    }
+  });
+  const port = await freePort();
+  await new Promise((resolve) => server.listen(port, "127.0.0.1", resolve));
+  t.after(() => (server.close(), server.closeAllConnections()));
+
+  const profile = mkdtempSync(join(tmpdir(), "deltarelay-chromium-"));
+  const browser = spawn(chromium, ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+    `--user-data-dir=${profile}`, `http://127.0.0.1:${port}/`], { detached: true, stdio: "ignore" });
+  const killBrowser = () => {
+    try { process.kill(-browser.pid, "SIGKILL"); } catch {}
+  };
+  process.on("exit", killBrowser);
+  t.after(() => (killBrowser(), rmSync(profile, { recursive: true, force: true })));
+
+  let timer;
+  const timeout = new Promise((_, fail) => (timer = setTimeout(() => fail(new Error(`no result from the page in 90 s: ${JSON.stringify(results)}`)), 90000)));
+  await Promise.race([finished, timeout]).finally(() => clearTimeout(timer));
+  for (const r of results) assert.equal(r.error, undefined, r.error);
+  const [one, two] = results;
+  const table = (rows) => [...rows].sort((a, b) => a.id - b.id);
+
+  assert.deepEqual(one.first, { size: 0, synced: false, pending: 0, row: null }, "an empty IndexedDB at first");
+  assert.equal(one.requests[0].lastEventId, null);
+  assert.equal(one.rows.length, 50);
+  assert.deepEqual(one.queuedFirst, { size: 0, synced: false, pending: 0, row: null });
+
+  assert.equal(two.first.size, 50, "rows come back from IndexedDB before any network");
+  assert.equal(two.first.synced, false);
+  assert.equal(two.requests[0].lastEventId, one.cursor, "resumed from the stored cursor");
+  assert.deepEqual(table(two.rows), pg.rows("web", "todos"));
+  assert.equal(two.rows.find((r) => r.id === 7).title, "between loads");
+  assert.equal(two.queuedFirst.pending, 1, "the queued write survived the reload");
+  assert.deepEqual(two.queuedFirst.row, { id: 9001, title: "queued in the browser", done: false });
+});
