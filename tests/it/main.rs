@@ -7,6 +7,7 @@ mod auth_pg_scope;
 mod auth_startup;
 mod browser_eventsource;
 mod chaos;
+mod client_typescript;
 mod console_browser;
 mod disk_full;
 mod hostile_clients;

@@ -47,8 +47,12 @@ test("in Chromium: sync through fetch streaming; IndexedDB keeps rows, cursor an
         const result = JSON.parse(body);
         results.push(result);
         // A change between the two page loads: the reloaded page must get it.
-        if (result.phase === "1" && !result.error) pg.psql("web", "UPDATE todos SET title = 'between loads' WHERE id = 7");
-        res.end("ok");
+        const between = result.phase === "1" && !result.error;
+        if (between) pg.psql("web", "UPDATE todos SET title = 'between loads' WHERE id = 7");
+        // The page reloads when it gets the answer: answer once the relay has logged the change,
+        // so the reloaded page's catch-up must include it (else the test races the ingest).
+        (between ? untilLogged(relay, (c) => c.after?.title === "between loads") : Promise.resolve())
+          .then(() => res.end("ok"), (e) => (results.push({ phase: "1", error: String(e) }), done()));
         if (result.phase === "2" || result.error) done();
       });
     } else if (req.url === "/page.js") {
@@ -91,3 +95,14 @@ test("in Chromium: sync through fetch streaming; IndexedDB keeps rows, cursor an
   assert.equal(two.queuedFirst.pending, 1, "the queued write survived the reload");
   assert.deepEqual(two.queuedFirst.row, { id: 9001, title: "queued in the browser", done: false });
 });
+
+/** Resolves once the relay's log holds a change for which `matches` is true (30 s at most). */
+async function untilLogged(relay, matches) {
+  const deadline = Date.now() + 30000;
+  while (Date.now() < deadline) {
+    const page = await (await fetch(`${relay.url}/v1/changes?since=0&limit=10000`)).json();
+    if (page.changes.some(matches)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error("the relay did not log the change between the loads in 30 s");
+}
