@@ -10,7 +10,7 @@ pub mod postgres;
 mod status;
 pub mod supervise;
 
-pub use status::{all_ready, CopyProgress, CopyState, SourceStatus};
+pub use status::{all_ready, CopyProgress, CopyState, SourceStatus, UnsyncedTable};
 pub use supervise::{supervise, ErrorKind, Source};
 
 use crate::check::CheckResult;

@@ -23,6 +23,17 @@ pub struct SourceStatus {
     pub reconnects: u64,
     /// The copy of rows that existed before streaming began (first start, added tables).
     pub initial_copy: CopyProgress,
+    /// Configured tables this source cannot sync (the others flow), each with the fix.
+    pub unsynced_tables: Vec<UnsyncedTable>,
+}
+
+/// A configured table the source skips, why, and what to do; fixed upstream, it syncs after a
+/// restart.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UnsyncedTable {
+    pub table: String,
+    pub problem: String,
+    pub fix: String,
 }
 
 /// Where a source's initial copy stands; `/readyz` waits for `state == Done`.

@@ -46,69 +46,102 @@ pub async fn check_wal_level(client: &Client) -> Result<(), CatalogError> {
     Ok(())
 }
 
-/// Every configured table must exist and have a row identity we can key on.
-pub async fn check_tables(client: &Client, tables: &[String]) -> Result<(), CatalogError> {
-    for table in tables {
-        if let Some(problem) = table_key_problem(client, table).await? {
-            return Err(CatalogError::Unusable(format!(
-                "{}: {}",
-                problem.detail, problem.fix
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Why a table cannot be synced, and what to do about it.
 #[derive(Debug, Clone)]
 pub struct TableProblem {
+    pub table: String,
     pub detail: String,
     pub fix: String,
 }
 
-/// `None` when `table` exists and has a row identity we can key on.
-pub async fn table_key_problem(
+impl TableProblem {
+    fn new(table: &str, detail: String, fix: String) -> TableProblem {
+        TableProblem {
+            table: table.to_string(),
+            detail,
+            fix,
+        }
+    }
+}
+
+/// The configured tables that cannot be synced, each with why and the fix. The others sync.
+pub async fn table_problems(
+    client: &Client,
+    tables: &[String],
+) -> Result<Vec<TableProblem>, CatalogError> {
+    let mut problems = Vec::new();
+    for table in tables {
+        if let Some(problem) = table_problem(client, table).await? {
+            problems.push(problem);
+        }
+    }
+    Ok(problems)
+}
+
+/// `None` when `table` exists, the role may read it and it has a row identity we can key on.
+pub async fn table_problem(
     client: &Client,
     table: &str,
 ) -> Result<Option<TableProblem>, CatalogError> {
     let Some((schema, name)) = split_table_name(table) else {
-        return Ok(Some(TableProblem {
-            detail: format!("table {table:?} is not schema.table"),
-            fix: format!("write it as \"public.{table}\""),
-        }));
+        return Ok(Some(TableProblem::new(
+            table,
+            format!("table {table:?} is not schema.table"),
+            format!("write it as \"public.{table}\""),
+        )));
     };
     let row = client
         .query_opt(
             "SELECT c.relreplident::text,
-                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+                    has_table_privilege(c.oid, 'SELECT'), current_user::text
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
             &[&schema, &name],
         )
         .await?;
     let Some(row) = row else {
-        return Ok(Some(TableProblem {
-            detail: format!("table {table} does not exist (or is not a table)"),
-            fix: "check the tables list of this source".into(),
-        }));
+        return Ok(Some(TableProblem::new(
+            table,
+            format!("table {table} does not exist (or is not a table)"),
+            format!(
+                "create it, or correct or remove \"{table}\" in the tables list of this source"
+            ),
+        )));
     };
     let identity: String = row.get(0);
     let has_pk: bool = row.get(1);
+    let readable: bool = row.get(2);
+    let user: String = row.get(3);
+    if !readable {
+        return Ok(Some(TableProblem::new(
+            table,
+            format!("role {user} may not SELECT from table {table} (the initial copy reads it)"),
+            format!(
+                "GRANT SELECT ON {} TO {};",
+                quote_table(table),
+                quote_ident(&user)
+            ),
+        )));
+    }
     let usable = match identity.as_str() {
         "f" | "i" => true,
         "d" => has_pk,
         _ => false,
     };
-    Ok((!usable).then(|| TableProblem {
-        detail: format!(
-            "table {table} has no primary key and REPLICA IDENTITY {}, so its rows cannot be told apart \
-             (and Postgres rejects its UPDATEs and DELETEs once it is published)",
-            if identity == "n" { "NOTHING" } else { "DEFAULT" }
-        ),
-        fix: format!(
-            "add a primary key, or run ALTER TABLE {} REPLICA IDENTITY FULL (or USING INDEX <unique index>)",
-            quote_table(table)
-        ),
+    Ok((!usable).then(|| {
+        TableProblem::new(
+            table,
+            format!(
+                "table {table} has no primary key and REPLICA IDENTITY {}, so its rows cannot be told apart \
+                 (and Postgres rejects its UPDATEs and DELETEs once it is published)",
+                if identity == "n" { "NOTHING" } else { "DEFAULT" }
+            ),
+            format!(
+                "add a primary key, or run ALTER TABLE {} REPLICA IDENTITY FULL (or USING INDEX <unique index>)",
+                quote_table(table)
+            ),
+        )
     }))
 }
 
@@ -138,11 +171,16 @@ pub async fn ensure_publication(
         }
         None => {
             tracing::info!(publication, tables = ?tables, "creating publication");
+            // Without any table to sync (all broken), an empty publication: tables join later.
+            let for_tables = if quoted.is_empty() {
+                String::new()
+            } else {
+                format!(" FOR TABLE {}", quoted.join(", "))
+            };
             client
                 .batch_execute(&format!(
-                    "CREATE PUBLICATION {} FOR TABLE {}",
-                    quote_ident(publication),
-                    quoted.join(", ")
+                    "CREATE PUBLICATION {}{for_tables}",
+                    quote_ident(publication)
                 ))
                 .await?;
         }

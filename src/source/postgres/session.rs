@@ -13,7 +13,7 @@ use super::tls::PgTls;
 use super::Lsn;
 use crate::log::{Log, LogError, LogTxn};
 use crate::record::{Change, TxMeta};
-use crate::source::{CopyState, ErrorKind, Source, SourceStatus};
+use crate::source::{CopyState, ErrorKind, Source, SourceStatus, UnsyncedTable};
 use crate::telemetry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -255,18 +255,31 @@ impl<'a> Session<'a> {
             "checking the server, tables and publication",
             async {
                 catalog::check_wal_level(&client).await?;
-                catalog::check_tables(&client, &source.tables).await?;
+                let problems = catalog::table_problems(&client, &source.tables).await?;
+                let syncable: Vec<String> = source
+                    .tables
+                    .iter()
+                    .filter(|t| !problems.iter().any(|p| &p.table == *t))
+                    .cloned()
+                    .collect();
+                for problem in &problems {
+                    // Published without a replica identity, the application's UPDATEs and
+                    // DELETEs on it would fail.
+                    catalog::remove_from_publication(&client, &source.publication, &problem.table)
+                        .await?;
+                }
+                source.report_unsynced(&problems);
                 catalog::ensure_publication(
                     &client,
                     &source.publication,
-                    &source.tables,
+                    &syncable,
                     source.all_tables,
                 )
                 .await?;
                 if source.all_tables {
                     catalog::published_tables_with_keys(&client, &source.publication).await
                 } else {
-                    Ok(source.tables.clone())
+                    Ok(syncable)
                 }
             },
         )
@@ -346,7 +359,15 @@ impl<'a> Session<'a> {
                 .await?;
         } else {
             let done = copied.unwrap_or_default();
-            let done = source.forget_removed_tables(&client, &tables, done).await?;
+            // A configured table that cannot be synced now keeps what the log has of it.
+            let configured = if source.all_tables {
+                &tables
+            } else {
+                &source.tables
+            };
+            let done = source
+                .forget_removed_tables(&client, configured, done)
+                .await?;
             let pending: Vec<String> = tables
                 .iter()
                 .filter(|t| !done.tables.contains(*t))
@@ -397,7 +418,7 @@ impl<'a> Session<'a> {
             types: TypeCache::default(),
             tables: HashMap::new(),
             ingested: HashMap::new(),
-            synced: source.tables.iter().cloned().collect(),
+            synced: tables.iter().cloned().collect(),
             ack: AckTracker::new(durable),
             durable,
             upstream: None,
@@ -600,6 +621,21 @@ impl<'a> Session<'a> {
                 tracing::warn!(source = %self.source.name, error = %e, "skipping a table without a key");
                 None
             }
+            // Its key went away while streaming: this table stops, the others flow on.
+            Err(ShapeError::NoKey(table, identity)) => {
+                let problem = catalog::TableProblem {
+                    detail: format!(
+                        "table {table} lost its key while streaming (no primary key, REPLICA IDENTITY {identity})"
+                    ),
+                    fix: format!(
+                        "add a primary key or run ALTER TABLE {} REPLICA IDENTITY FULL, then restart the relay",
+                        catalog::quote_table(&table)
+                    ),
+                    table,
+                };
+                self.source.report_unsynced_more(&problem);
+                None
+            }
             Err(e) => return Err(e.into()),
         };
         if let Some(shape) = &shape {
@@ -748,6 +784,32 @@ impl PostgresSource {
         }
     }
 
+    /// Says loudly which configured tables cannot be synced (the others flow) and the fix,
+    /// in the log output, `/v1/status` and `/metrics`.
+    fn report_unsynced(&self, problems: &[catalog::TableProblem]) {
+        for problem in problems {
+            log_unsynced(&self.name, problem);
+        }
+        let unsynced: Vec<UnsyncedTable> = problems.iter().map(unsynced_entry).collect();
+        let count = unsynced.len();
+        self.status.send_modify(|s| s.unsynced_tables = unsynced);
+        metrics::gauge!(telemetry::TABLES_UNSYNCED, "source" => self.name.to_string())
+            .set(count as f64);
+    }
+
+    /// [`PostgresSource::report_unsynced`] for one more table found while streaming.
+    fn report_unsynced_more(&self, problem: &catalog::TableProblem) {
+        log_unsynced(&self.name, problem);
+        let mut count = 0;
+        self.status.send_modify(|s| {
+            s.unsynced_tables.retain(|t| t.table != problem.table);
+            s.unsynced_tables.push(unsynced_entry(problem));
+            count = s.unsynced_tables.len();
+        });
+        metrics::gauge!(telemetry::TABLES_UNSYNCED, "source" => self.name.to_string())
+            .set(count as f64);
+    }
+
     async fn has_entries(&self) -> Result<bool, SourceError> {
         Ok(self.log.has_entries_of(&self.name).await?)
     }
@@ -816,6 +878,25 @@ impl PostgresSource {
             Ok(copied)
         });
         CopyTask(handle)
+    }
+}
+
+fn log_unsynced(source: &str, problem: &catalog::TableProblem) {
+    tracing::error!(
+        source,
+        table = %problem.table,
+        fix = %problem.fix,
+        "TABLE NOT SYNCED (the other tables are): {}; fix: {}",
+        problem.detail,
+        problem.fix
+    );
+}
+
+fn unsynced_entry(problem: &catalog::TableProblem) -> UnsyncedTable {
+    UnsyncedTable {
+        table: problem.table.clone(),
+        problem: problem.detail.clone(),
+        fix: problem.fix.clone(),
     }
 }
 
