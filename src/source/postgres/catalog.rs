@@ -154,17 +154,20 @@ pub async fn ensure_publication(
 ) -> Result<(), CatalogError> {
     let existing = client
         .query_opt(
-            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await?;
     let quoted: Vec<String> = tables.iter().map(|t| quote_table(t)).collect();
+    // A partitioned table's changes are published as its root's, one collection whatever
+    // partition a row is in (else they would come as the partitions', which are not synced).
+    const VIA_ROOT: &str = " WITH (publish_via_partition_root = true)";
     match existing {
         None if all_tables => {
             tracing::info!(publication, "creating publication FOR ALL TABLES");
             client
                 .batch_execute(&format!(
-                    "CREATE PUBLICATION {} FOR ALL TABLES",
+                    "CREATE PUBLICATION {} FOR ALL TABLES{VIA_ROOT}",
                     quote_ident(publication)
                 ))
                 .await?;
@@ -179,13 +182,26 @@ pub async fn ensure_publication(
             };
             client
                 .batch_execute(&format!(
-                    "CREATE PUBLICATION {}{for_tables}",
+                    "CREATE PUBLICATION {}{for_tables}{VIA_ROOT}",
                     quote_ident(publication)
                 ))
                 .await?;
         }
         Some(row) => {
             let is_all: bool = row.get(0);
+            let via_root: bool = row.get(1);
+            if !via_root {
+                tracing::info!(
+                    publication,
+                    "publishing partitioned tables' changes as their root's"
+                );
+                client
+                    .batch_execute(&format!(
+                        "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                        quote_ident(publication)
+                    ))
+                    .await?;
+            }
             if all_tables || is_all {
                 if all_tables != is_all {
                     return Err(CatalogError::Unusable(format!(
@@ -251,6 +267,36 @@ pub async fn published_tables_with_keys(
         }
     }
     Ok(tables)
+}
+
+/// The partitioned tables among `tables`.
+pub async fn partitioned(client: &Client, tables: &[String]) -> Result<Vec<String>, CatalogError> {
+    let mut roots = Vec::new();
+    for table in tables {
+        let kind: Option<String> = client
+            .query_one(
+                "SELECT (SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1))",
+                &[&quote_table(table)],
+            )
+            .await?
+            .get(0);
+        if kind.as_deref() == Some("p") {
+            roots.push(table.clone());
+        }
+    }
+    Ok(roots)
+}
+
+/// The leaf partitions of a partitioned table now (their OIDs, sorted); empty when it is gone.
+pub async fn partitions(client: &Client, root: &str) -> Result<Vec<u32>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT relid::oid FROM pg_partition_tree(to_regclass($1))
+              WHERE isleaf ORDER BY 1",
+            &[&quote_table(root)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Takes a table that is no longer configured out of the publication (if it is in it).

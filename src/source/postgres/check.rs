@@ -209,8 +209,11 @@ impl Checks<'_> {
         let rows = self
             .client
             .query(
-                "SELECT schemaname || '.' || tablename FROM pg_tables
-                  WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+                "SELECT n.nspname || '.' || c.relname
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+                    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                    AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
                   ORDER BY 1",
                 &[],
             )

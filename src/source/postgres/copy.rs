@@ -19,7 +19,7 @@ use super::changes::{ShapeError, TableShape};
 use super::pgoutput::{Relation, RelationColumn, ReplicaIdentity, TupleValue};
 use super::Lsn;
 use crate::config::split_table_name;
-use crate::log::{Log, LogError};
+use crate::log::{Log, LogError, ReadFrom, RowFilter};
 use crate::record::{Change, TxMeta};
 use crate::source::{CopyState, SourceStatus};
 use crate::telemetry;
@@ -223,6 +223,12 @@ impl Copier {
         for table in &tables {
             self.copy_table(&client, table, &mut copied, &mut progress)
                 .await?;
+            // Beside the stream, the table may have been copied before (a copy cut short, a
+            // partition attached or detached): rows it no longer has leave the log.
+            if let Some(floor) = self.floor {
+                self.sweep_stale(&table.shape.collection, floor, &copied)
+                    .await?;
+            }
         }
         client
             .batch_execute("COMMIT")
@@ -316,6 +322,63 @@ impl Copier {
             });
         }
         let _ = batches.send(batch).await;
+        Ok(())
+    }
+
+    /// Deletes the keys of `collection` whose live entry is at or below `floor`: the copy
+    /// rewrote every row of its snapshot and the stream every key it touched since, so what
+    /// is left there is a row the table no longer has. Read a page at a time.
+    async fn sweep_stale(
+        &self,
+        collection: &str,
+        floor: u64,
+        copied: &CopiedTables,
+    ) -> Result<(), CopyError> {
+        #[derive(Deserialize)]
+        struct Entry {
+            op: crate::record::Op,
+            key: Option<crate::record::Row>,
+        }
+        let filter = Arc::new(RowFilter::collections(Some(&[collection.to_string()])));
+        let mut after = 0;
+        let mut swept = 0u64;
+        loop {
+            let page = self
+                .log
+                .page(ReadFrom::Seq(after), filter.clone(), 1000, 1 << 20)
+                .await?;
+            let mut deletes = Vec::new();
+            let mut past_floor = !page.has_more;
+            for entry in &page.entries {
+                if entry.seq > floor {
+                    past_floor = true;
+                    break;
+                }
+                after = entry.seq;
+                let read: Entry = serde_json::from_str(&entry.record).map_err(|e| {
+                    LogError::Corrupt(format!("an entry of {collection} is unreadable: {e}"))
+                })?;
+                if matches!(
+                    read.op,
+                    crate::record::Op::Insert | crate::record::Op::Update
+                ) {
+                    deletes.push(Change {
+                        collection: collection.to_string(),
+                        op: crate::record::Op::Delete,
+                        key: read.key,
+                        ..Change::default()
+                    });
+                }
+            }
+            swept += deletes.len() as u64;
+            self.write(deletes, copied).await?;
+            if past_floor || page.entries.is_empty() {
+                break;
+            }
+        }
+        if swept > 0 {
+            tracing::info!(source = %self.source, collection, rows = swept, "rows no longer in the table deleted");
+        }
         Ok(())
     }
 

@@ -13,6 +13,7 @@ pub mod check;
 mod config;
 pub mod copy;
 pub mod lsn;
+mod partitions;
 mod pg_error;
 pub mod pgoutput;
 pub mod replication;

@@ -5,6 +5,7 @@ use super::catalog::{self, CatalogError, TypeCache};
 use super::changes::{ShapeError, TableShape};
 use super::config::PostgresConfig;
 use super::copy::{CopiedTables, Copier, CopyError};
+use super::partitions::{self, PartitionSets};
 use super::pgoutput::{self, DecodeError, PgOutputMessage, Relation};
 use super::replication::{
     ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream,
@@ -237,6 +238,8 @@ struct Session<'a> {
     copy_task: Option<CopyTask>,
     /// When the replication connection last delivered a message.
     heard: Instant,
+    /// The synced partitioned tables' partitions as last seen (watched for attach/detach).
+    partitions: PartitionSets,
 }
 
 impl<'a> Session<'a> {
@@ -331,6 +334,12 @@ impl<'a> Session<'a> {
             ),
             Some(_) => None,
         };
+        let partitions = bounded(
+            limit,
+            "reading partitions",
+            PartitionSets::read(&client, &tables),
+        )
+        .await?;
         let mut copy_task = None;
         if let Some(state) = lost {
             if stored.is_some() || copied.is_some() || source.has_entries().await? {
@@ -357,6 +366,7 @@ impl<'a> Session<'a> {
                     CopiedTables::default(),
                 )
                 .await?;
+            partitions.store(&source.log, &source.name).await?;
         } else {
             let done = copied.unwrap_or_default();
             // A configured table that cannot be synced now keeps what the log has of it.
@@ -368,17 +378,28 @@ impl<'a> Session<'a> {
             let done = source
                 .forget_removed_tables(&client, configured, done)
                 .await?;
-            let pending: Vec<String> = tables
+            let mut pending: Vec<String> = tables
                 .iter()
                 .filter(|t| !done.tables.contains(*t))
                 .cloned()
                 .collect();
+            // Partitions attached or detached while the relay was away: copy those again.
+            let before = PartitionSets::stored(&source.log, &source.name).await?;
+            for root in partitions.changed_since(&before) {
+                if !pending.contains(&root) {
+                    tracing::info!(source = %source.name, table = %root, "its partitions changed while the relay was stopped: copying it again");
+                    pending.push(root);
+                }
+            }
             if pending.is_empty() {
+                if partitions != before {
+                    partitions.store(&source.log, &source.name).await?;
+                }
                 source
                     .status
                     .send_modify(|s| s.initial_copy.state = CopyState::Done);
             } else {
-                copy_task = Some(source.copy_beside_stream(pending, done));
+                copy_task = Some(source.copy_beside_stream(pending, done, partitions.clone()));
             }
         }
 
@@ -429,6 +450,7 @@ impl<'a> Session<'a> {
             upstream_end: system.xlog_pos,
             copy_task,
             heard: Instant::now(),
+            partitions,
         })
     }
 
@@ -437,6 +459,7 @@ impl<'a> Session<'a> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), SourceError> {
         let mut status_timer = tokio::time::interval(STATUS_INTERVAL.min(self.source.timeout / 4));
+        let mut partition_timer = tokio::time::interval(partitions::POLL_EVERY);
         loop {
             // Work through what has already arrived before touching the network: a burst of
             // upstream transactions becomes one local commit.
@@ -460,6 +483,7 @@ impl<'a> Session<'a> {
                     None => return Err(SourceError::StreamEnded),
                 },
                 _ = status_timer.tick() => self.keep_alive().await?,
+                _ = partition_timer.tick(), if !self.partitions.is_empty() => self.watch_partitions().await?,
                 copied = wait_for_copy(&mut self.copy_task) => {
                     self.copy_task = None;
                     let copied = copied?;
@@ -467,6 +491,37 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    /// A partition attached or detached changes the root's rows without row changes: copy
+    /// the root again beside the stream (one copy at a time; a change seen meanwhile waits).
+    async fn watch_partitions(&mut self) -> Result<(), SourceError> {
+        if self.copy_task.is_some() {
+            return Ok(());
+        }
+        let now = bounded(
+            self.source.timeout,
+            "reading partitions",
+            self.partitions.reread(&self.client),
+        )
+        .await?;
+        let changed = now.changed_since(&self.partitions);
+        if changed.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(source = %self.source.name, tables = ?changed, "partitions attached or detached: copying those tables again");
+        let copied = match self
+            .source
+            .log
+            .position(&CopiedTables::key(&self.source.name))
+            .await?
+        {
+            Some(text) => CopiedTables::parse(&text)?,
+            None => CopiedTables::default(),
+        };
+        self.copy_task = Some(self.source.copy_beside_stream(changed, copied, now.clone()));
+        self.partitions = now;
+        Ok(())
     }
 
     fn group_is_full(&self) -> bool {
@@ -848,7 +903,14 @@ impl PostgresSource {
     }
 
     /// Copies `pending` from a temporary slot's snapshot while the permanent slot streams.
-    fn copy_beside_stream(&self, pending: Vec<String>, copied: CopiedTables) -> CopyTask {
+    /// `partitions` are stored as copied once it has finished.
+    fn copy_beside_stream(
+        &self,
+        pending: Vec<String>,
+        copied: CopiedTables,
+        partitions: PartitionSets,
+    ) -> CopyTask {
+        let (log, name) = (self.log.clone(), self.name.clone());
         let floor_copier = self.copier(Lsn(0), true);
         let pg_config = self.pg_config.clone();
         let tls = self.tls.clone();
@@ -875,6 +937,7 @@ impl PostgresSource {
                 .await?;
             // Keeps the snapshot's slot alive until the copy is done.
             drop(conn);
+            partitions.store(&log, &name).await?;
             Ok(copied)
         });
         CopyTask(handle)
