@@ -212,13 +212,7 @@ pub async fn ensure_publication(
                 }
                 return Ok(());
             }
-            let rows = client
-                .query(
-                    "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
-                    &[&publication],
-                )
-                .await?;
-            let published: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            let published = published_tables(client, publication).await?;
             for (table, quoted) in tables.iter().zip(&quoted) {
                 if !published.contains(table) {
                     tracing::info!(publication, table, "adding table to publication");
@@ -267,6 +261,20 @@ pub async fn published_tables_with_keys(
         }
     }
     Ok(tables)
+}
+
+/// The tables a publication publishes (`schema.table`; partitioned tables by their root).
+pub async fn published_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<Vec<String>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// The partitioned tables among `tables`.

@@ -3,6 +3,7 @@
 
 use super::catalog::{self, quote_ident, quote_table, CatalogError};
 use super::config::PostgresConfig;
+use super::filters;
 use super::replication::ReplicationConnection;
 use crate::check::{CheckResult, Status};
 use tokio_postgres::Client;
@@ -239,6 +240,21 @@ impl Checks<'_> {
     async fn table(&self, table: &str, name: &str) -> Result<CheckResult, CatalogError> {
         if let Some(problem) = catalog::table_problem(self.client, table).await? {
             return Ok(self.fail(name, problem.detail, problem.fix));
+        }
+        if let Some(options) = self.source.table_options.get(table) {
+            let spec = match filters::resolve(self.client, options).await? {
+                Ok(spec) => spec,
+                Err(problem) => return Ok(self.fail(name, problem.detail, problem.fix)),
+            };
+            if let Err(problem) =
+                filters::apply(self.client, table, &spec, filters::Target::DryRun).await?
+            {
+                return Ok(self.fail(name, problem.detail, problem.fix));
+            }
+            return Ok(self.pass(
+                name,
+                "exists, readable, has a key; its columns and where are accepted",
+            ));
         }
         Ok(self.pass(name, "exists, readable, has a key"))
     }

@@ -16,6 +16,7 @@
 
 use super::catalog::{self, CatalogError, TypeCache};
 use super::changes::{ShapeError, TableShape};
+use super::filters::TableSpec;
 use super::pgoutput::{Relation, RelationColumn, ReplicaIdentity, TupleValue};
 use super::Lsn;
 use crate::config::split_table_name;
@@ -26,7 +27,7 @@ use crate::telemetry;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -60,6 +61,26 @@ pub enum CopyError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopiedTables {
     pub tables: BTreeSet<String>,
+    /// The columns and row filter each table was copied with ([`TableSpec::to_text`]),
+    /// for those that have any: a table whose spec changed is copied again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub specs: BTreeMap<String, String>,
+}
+
+impl CopiedTables {
+    /// Whether `table` was copied, with `spec`.
+    pub fn has(&self, table: &str, spec: Option<&TableSpec>) -> bool {
+        let wanted = spec.filter(|s| !s.is_whole()).map(TableSpec::to_text);
+        self.tables.contains(table) && self.specs.get(table) == wanted.as_ref()
+    }
+
+    fn mark_copied(&mut self, table: &str, spec: Option<&TableSpec>) {
+        self.tables.insert(table.to_string());
+        match spec.filter(|s| !s.is_whole()) {
+            Some(spec) => self.specs.insert(table.to_string(), spec.to_text()),
+            None => self.specs.remove(table),
+        };
+    }
 }
 
 impl CopiedTables {
@@ -89,6 +110,8 @@ pub struct CopyTable {
     statement: String,
     /// `pg_class.reltuples`, when the table was ever analyzed.
     estimate: Option<u64>,
+    /// The columns and rows it is copied with.
+    spec: Option<TableSpec>,
 }
 
 /// Reads a table's columns, identity and size from the catalog, as pgoutput would describe it.
@@ -96,6 +119,7 @@ pub async fn describe(
     client: &Client,
     types: &mut TypeCache,
     table: &str,
+    spec: Option<&TableSpec>,
 ) -> Result<CopyTable, CopyError> {
     let (schema, name) = split_table_name(table)
         .ok_or_else(|| CatalogError::Unusable(format!("table {table:?} is not schema.table")))?;
@@ -136,8 +160,13 @@ pub async fn describe(
     };
     let mut relation_columns = Vec::with_capacity(columns.len());
     let mut value_types = Vec::with_capacity(columns.len());
+    let published = spec.and_then(|s| s.columns.as_ref());
     for column in &columns {
         let name: String = column.get(0);
+        // Only the publication's column list, as the stream's Relation message has it.
+        if published.is_some_and(|list| !list.contains(&name)) {
+            continue;
+        }
         let type_oid: u32 = column.get(1);
         value_types.push(types.resolve(client, type_oid).await?);
         relation_columns.push(RelationColumn {
@@ -152,8 +181,15 @@ pub async fn describe(
         .map(|c| catalog::quote_ident(&c.name))
         .collect();
     let quoted = catalog::quote_table(table);
-    // A partitioned table has no rows of its own: COPY reads its partitions through a query.
-    let statement = if kind == "p" {
+    let row_filter = spec.and_then(|s| s.row_filter.as_ref());
+    // A partitioned table has no rows of its own: COPY reads its partitions through a query;
+    // a row filter is a query's too.
+    let statement = if let Some(filter) = row_filter {
+        format!(
+            "COPY (SELECT {} FROM {quoted} WHERE ({filter})) TO STDOUT",
+            list.join(", ")
+        )
+    } else if kind == "p" {
         format!("COPY (SELECT {} FROM {quoted}) TO STDOUT", list.join(", "))
     } else {
         format!("COPY {quoted} ({}) TO STDOUT", list.join(", "))
@@ -169,6 +205,7 @@ pub async fn describe(
         shape: TableShape::new(&relation, &primary_key, value_types)?,
         statement,
         estimate: (reltuples >= 0.0).then_some(reltuples as u64),
+        spec: spec.cloned(),
     })
 }
 
@@ -184,6 +221,8 @@ pub struct Copier {
     pub position: Lsn,
     /// TLS for the copy's query connection, as for the source's other connections.
     pub tls: super::tls::PgTls,
+    /// Tables' column lists and row filters (those that have one).
+    pub specs: Arc<BTreeMap<String, TableSpec>>,
 }
 
 impl Copier {
@@ -216,7 +255,7 @@ impl Copier {
         let mut types = TypeCache::default();
         let mut tables = Vec::with_capacity(pending.len());
         for table in pending {
-            tables.push(describe(&client, &mut types, table).await?);
+            tables.push(describe(&client, &mut types, table, self.specs.get(table)).await?);
         }
         let estimate: u64 = tables.iter().filter_map(|t| t.estimate).sum();
         let mut progress = Progress::new(self, pending.len(), estimate);
@@ -271,7 +310,7 @@ impl Copier {
             Ok::<_, CopyError>((last, rows_counter))
         };
         let ((), (last, rows_counter)) = tokio::try_join!(read, write)?;
-        copied.tables.insert(collection);
+        copied.mark_copied(&collection, table.spec.as_ref());
         let written = last.len() as u64;
         self.write(last, copied).await?;
         rows_counter.increment(written);

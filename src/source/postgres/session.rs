@@ -5,18 +5,20 @@ use super::catalog::{self, CatalogError, TypeCache};
 use super::changes::{ShapeError, TableShape};
 use super::config::PostgresConfig;
 use super::copy::{CopiedTables, Copier, CopyError};
+use super::filters::TableSpec;
 use super::partitions::{self, PartitionSets};
 use super::pgoutput::{self, DecodeError, PgOutputMessage, Relation};
 use super::replication::{
     ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream,
 };
+use super::tables;
 use super::tls::PgTls;
 use super::Lsn;
 use crate::log::{Log, LogError, LogTxn};
 use crate::record::{Change, TxMeta};
 use crate::source::{CopyState, ErrorKind, Source, SourceStatus, UnsyncedTable};
 use crate::telemetry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -129,6 +131,9 @@ pub struct PostgresSource {
     publication: String,
     tables: Vec<String>,
     all_tables: bool,
+    config: PostgresConfig,
+    /// The tables' column lists and row filters as the last session resolved them.
+    specs: std::sync::Mutex<Arc<BTreeMap<String, TableSpec>>>,
     /// How long a connection may stay silent (see `SourceConfig::replication_timeout`).
     timeout: Duration,
     log: Log,
@@ -156,6 +161,8 @@ impl PostgresSource {
             all_tables: config.all_tables,
             timeout: config.replication_timeout,
             tables: config.tables.clone(),
+            config: config.clone(),
+            specs: Default::default(),
             log,
             status: Arc::new(watch::channel(status).0),
         })
@@ -207,6 +214,7 @@ impl Source for PostgresSource {
 /// The upstream transaction being received.
 struct Upstream {
     meta: Arc<TxMeta>,
+    final_lsn: Lsn,
     buffer: Vec<Change>,
     /// Already in the log (Postgres resent it after a restart).
     skip: bool,
@@ -240,6 +248,9 @@ struct Session<'a> {
     heard: Instant,
     /// The synced partitioned tables' partitions as last seen (watched for attach/detach).
     partitions: PartitionSets,
+    /// Tables whose columns or row filter changed at this start: their changes committed
+    /// before this position carry the old spec and are dropped (the copy covers them).
+    respec: HashMap<String, Lsn>,
 }
 
 impl<'a> Session<'a> {
@@ -253,42 +264,6 @@ impl<'a> Session<'a> {
                 .map_err(CatalogError::from)
         })
         .await?;
-        let tables = bounded(
-            limit,
-            "checking the server, tables and publication",
-            async {
-                catalog::check_wal_level(&client).await?;
-                let problems = catalog::table_problems(&client, &source.tables).await?;
-                let syncable: Vec<String> = source
-                    .tables
-                    .iter()
-                    .filter(|t| !problems.iter().any(|p| &p.table == *t))
-                    .cloned()
-                    .collect();
-                for problem in &problems {
-                    // Published without a replica identity, the application's UPDATEs and
-                    // DELETEs on it would fail.
-                    catalog::remove_from_publication(&client, &source.publication, &problem.table)
-                        .await?;
-                }
-                source.report_unsynced(&problems);
-                catalog::ensure_publication(
-                    &client,
-                    &source.publication,
-                    &syncable,
-                    source.all_tables,
-                )
-                .await?;
-                if source.all_tables {
-                    catalog::published_tables_with_keys(&client, &source.publication).await
-                } else {
-                    Ok(syncable)
-                }
-            },
-        )
-        .await?;
-
-        let mut stored = source.log.position(&source.name).await?;
         let copied = match source
             .log
             .position(&CopiedTables::key(&source.name))
@@ -297,6 +272,20 @@ impl<'a> Session<'a> {
             Some(text) => Some(CopiedTables::parse(&text)?),
             None => None,
         };
+        let stored_specs = copied.as_ref().map(|c| c.specs.clone()).unwrap_or_default();
+        let prepared = bounded(
+            limit,
+            "checking the server, tables and publication",
+            async {
+                catalog::check_wal_level(&client).await?;
+                tables::prepare(&client, &source.config, &stored_specs).await
+            },
+        )
+        .await?;
+        source.report_unsynced(&prepared.problems);
+        let tables = prepared.tables;
+        *source.specs.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(prepared.specs);
+        let mut stored = source.log.position(&source.name).await?;
 
         let (mut conn, system) = bounded(limit, "opening the replication connection", async {
             let mut conn =
@@ -378,9 +367,10 @@ impl<'a> Session<'a> {
             let done = source
                 .forget_removed_tables(&client, configured, done)
                 .await?;
+            let specs = source.specs();
             let mut pending: Vec<String> = tables
                 .iter()
-                .filter(|t| !done.tables.contains(*t))
+                .filter(|t| !done.has(t, specs.get(*t)))
                 .cloned()
                 .collect();
             // Partitions attached or detached while the relay was away: copy those again.
@@ -451,6 +441,7 @@ impl<'a> Session<'a> {
             copy_task,
             heard: Instant::now(),
             partitions,
+            respec: prepared.respec,
         })
     }
 
@@ -597,6 +588,7 @@ impl<'a> Session<'a> {
                         id: xid.to_string(),
                         position: final_lsn.to_string(),
                     }),
+                    final_lsn,
                     buffer: Vec::new(),
                     // A commit that starts before the stored end is at or before it: logged.
                     skip: final_lsn < self.durable,
@@ -724,6 +716,13 @@ impl<'a> Session<'a> {
             ))
         })?;
         let Some(table) = table else { return Ok(()) };
+        if self
+            .respec
+            .get(&table.collection)
+            .is_some_and(|until| upstream.final_lsn < *until)
+        {
+            return Ok(());
+        }
         let changes = make(table)?;
         if let Some(counter) = self.ingested.get(&relation_id) {
             counter.increment(changes.len() as u64);
@@ -836,7 +835,12 @@ impl PostgresSource {
             floor: beside_stream.then(|| *self.log.head().borrow()),
             position,
             tls: self.tls.clone(),
+            specs: self.specs(),
         }
+    }
+
+    fn specs(&self) -> Arc<BTreeMap<String, TableSpec>> {
+        self.specs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Says loudly which configured tables cannot be synced (the others flow) and the fix,
