@@ -9,6 +9,7 @@ mod browser_eventsource;
 mod chaos;
 mod console_browser;
 mod disk_full;
+mod freshness;
 mod hostile_clients;
 mod http_auth;
 mod http_changes;

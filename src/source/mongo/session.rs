@@ -6,7 +6,7 @@ use super::events::{EventError, Mapper, Reassembly};
 use super::position::Position;
 use crate::log::{Log, LogError};
 use crate::record::{Change, TxMeta};
-use crate::source::{CopyState, ErrorKind, Source, SourceStatus};
+use crate::source::{CopyState, ErrorKind, Freshness, Source, SourceStatus};
 use crate::telemetry;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::change_stream::event::ResumeToken;
@@ -99,6 +99,8 @@ impl MongoSource {
         let status = SourceStatus {
             name: config.name.clone(),
             kind: "mongodb",
+            // Not connected yet: what upstream holds is not known to be in the log.
+            behind_since_ms: Some(crate::source::now_ms()),
             ..SourceStatus::default()
         };
         MongoSource {
@@ -251,6 +253,8 @@ impl MongoSource {
         let mut reassembly = Reassembly::default();
         let mut saved = self.status.borrow().position.clone();
         let mut saved_at = Instant::now();
+        // Freshness (`lag_ms`): behind from an event's arrival until a batch comes back empty.
+        let mut fresh = Freshness::new(&self.status);
         loop {
             if *shutdown.borrow() {
                 self.flush(&mut pending, stream.resume_token(), &mut saved)
@@ -270,6 +274,7 @@ impl MongoSource {
             };
             match next {
                 Ok(Some(raw)) => {
+                    fresh.behind(&self.status, crate::source::now_ms());
                     let whole = reassembly.push(raw).map_err(|message| MongoError::Config {
                         source_name: self.name.to_string(),
                         message: format!("split change event: {message}"),
@@ -311,6 +316,7 @@ impl MongoSource {
                             .await?;
                         saved_at = Instant::now();
                     }
+                    fresh.caught_up(&self.status);
                     if !stream.is_alive() {
                         // The server closed the cursor without an invalidate: open it again.
                         return Err(MongoError::StreamClosed);

@@ -16,7 +16,7 @@ use super::tls::PgTls;
 use super::Lsn;
 use crate::log::{Log, LogError, LogTxn};
 use crate::record::{Change, TxMeta};
-use crate::source::{CopyState, ErrorKind, Source, SourceStatus, UnsyncedTable};
+use crate::source::{CopyState, ErrorKind, Freshness, Source, SourceStatus, UnsyncedTable};
 use crate::telemetry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -150,6 +150,8 @@ impl PostgresSource {
             name: config.name.clone(),
             kind: "postgres",
             slot: Some(config.slot.clone()),
+            // Not connected yet: what upstream holds is not known to be in the log.
+            behind_since_ms: Some(crate::source::now_ms()),
             ..SourceStatus::default()
         };
         Ok(PostgresSource {
@@ -251,6 +253,8 @@ struct Session<'a> {
     /// Tables whose columns or row filter changed at this start: their changes committed
     /// before this position carry the old spec and are dropped (the copy covers them).
     respec: HashMap<String, Lsn>,
+    /// Since when the log lacks something upstream committed (`lag_ms` for clients).
+    fresh: Freshness,
 }
 
 impl<'a> Session<'a> {
@@ -442,6 +446,7 @@ impl<'a> Session<'a> {
             heard: Instant::now(),
             partitions,
             respec: prepared.respec,
+            fresh: Freshness::new(&source.status),
         })
     }
 
@@ -526,6 +531,13 @@ impl<'a> Session<'a> {
     /// on an idle slot we have acknowledged, so after half the timeout in silence we ask it
     /// to answer, and after the whole timeout we give the connection up.
     async fn keep_alive(&mut self) -> Result<(), SourceError> {
+        if self.upstream.is_none()
+            && self.pending_end.is_none()
+            && self.ack.flushed() >= self.upstream_end
+        {
+            // An idle, caught-up slot may get no keepalive for long.
+            self.fresh.caught_up(&self.source.status);
+        }
         let limit = self.source.timeout;
         let silent = self.heard.elapsed();
         if silent >= limit {
@@ -581,6 +593,12 @@ impl<'a> Session<'a> {
                     )));
                 }
                 self.ack.on_begin();
+                if final_lsn >= self.durable {
+                    // µs since 2000-01-01 → Unix ms.
+                    let unix_ms = commit_time / 1000 + 946_684_800_000;
+                    self.fresh
+                        .behind(&self.source.status, u64::try_from(unix_ms).unwrap_or(0));
+                }
                 self.upstream = Some(Upstream {
                     meta: Arc::new(TxMeta {
                         source: self.source.name.clone(),
@@ -771,6 +789,8 @@ impl<'a> Session<'a> {
         self.local_started = None;
         self.durable = end;
         self.ack.on_durable(end);
+        let more = self.upstream.is_some() || self.upstream_end > self.ack.flushed();
+        self.fresh.committed(&self.source.status, more);
         self.publish_progress();
         self.send_status(false).await
     }
@@ -809,7 +829,13 @@ impl<'a> Session<'a> {
     }
 
     /// Publishes position and lag to `/v1/status` and the metrics (on commits and keepalives).
-    fn publish_progress(&self) {
+    fn publish_progress(&mut self) {
+        if self.upstream.is_none() && self.ack.flushed() >= self.upstream_end {
+            self.fresh.caught_up(&self.source.status);
+        } else {
+            self.fresh
+                .behind(&self.source.status, crate::source::now_ms());
+        }
         let lag = self.upstream_end.0.saturating_sub(self.durable.0);
         let (durable, upstream_end) = (self.durable, self.upstream_end);
         self.source.status.send_modify(|s| {
