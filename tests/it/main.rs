@@ -26,6 +26,7 @@ mod ops_check;
 mod ops_shutdown;
 mod ops_systemd;
 mod ops_writer_death;
+mod pg_append_only;
 mod pg_copy;
 mod pg_filters;
 mod pg_partitions;

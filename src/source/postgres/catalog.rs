@@ -68,20 +68,23 @@ impl TableProblem {
 pub async fn table_problems(
     client: &Client,
     tables: &[String],
+    append_only: impl Fn(&str) -> bool,
 ) -> Result<Vec<TableProblem>, CatalogError> {
     let mut problems = Vec::new();
     for table in tables {
-        if let Some(problem) = table_problem(client, table).await? {
+        if let Some(problem) = table_problem(client, table, !append_only(table)).await? {
             problems.push(problem);
         }
     }
     Ok(problems)
 }
 
-/// `None` when `table` exists, the role may read it and it has a row identity we can key on.
+/// `None` when `table` exists, the role may read it and (when `needs_key`: it is not
+/// append-only) it has a row identity we can key on.
 pub async fn table_problem(
     client: &Client,
     table: &str,
+    needs_key: bool,
 ) -> Result<Option<TableProblem>, CatalogError> {
     let Some((schema, name)) = split_table_name(table) else {
         return Ok(Some(TableProblem::new(
@@ -129,7 +132,7 @@ pub async fn table_problem(
         "d" => has_pk,
         _ => false,
     };
-    Ok((!usable).then(|| {
+    Ok((needs_key && !usable).then(|| {
         TableProblem::new(
             table,
             format!(
@@ -138,7 +141,8 @@ pub async fn table_problem(
                 if identity == "n" { "NOTHING" } else { "DEFAULT" }
             ),
             format!(
-                "add a primary key, or run ALTER TABLE {} REPLICA IDENTITY FULL (or USING INDEX <unique index>)",
+                "add a primary key, or run ALTER TABLE {} REPLICA IDENTITY FULL (or USING INDEX <unique index>); \
+                 or, for an insert-only table, write its entry {{ name = \"{table}\", append_only = true }}",
                 quote_table(table)
             ),
         )
@@ -261,6 +265,53 @@ pub async fn published_tables_with_keys(
         }
     }
     Ok(tables)
+}
+
+/// Creates the publication of append-only tables if missing (`publish = 'insert, truncate'`,
+/// so Postgres never asks these tables for a replica identity), adds `tables` it lacks and
+/// takes out the ones it should not have. `Ok(true)` when it was created just now.
+pub async fn ensure_append_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[String],
+) -> Result<bool, CatalogError> {
+    let quoted_pub = quote_ident(publication);
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        tracing::info!(
+            publication,
+            "creating the publication of append-only tables"
+        );
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {quoted_pub} WITH (publish = 'insert, truncate', publish_via_partition_root = true)"
+            ))
+            .await?;
+    }
+    let published = published_tables(client, publication).await?;
+    for table in tables.iter().filter(|t| !published.contains(t)) {
+        tracing::info!(
+            publication,
+            table,
+            "adding append-only table to its publication"
+        );
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {quoted_pub} ADD TABLE {}",
+                quote_table(table)
+            ))
+            .await?;
+    }
+    for table in published.iter().filter(|t| !tables.contains(t)) {
+        remove_from_publication(client, publication, table).await?;
+    }
+    Ok(!exists)
 }
 
 /// The tables a publication publishes (`schema.table`; partitioned tables by their root).

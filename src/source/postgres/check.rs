@@ -238,7 +238,8 @@ impl Checks<'_> {
     }
 
     async fn table(&self, table: &str, name: &str) -> Result<CheckResult, CatalogError> {
-        if let Some(problem) = catalog::table_problem(self.client, table).await? {
+        let needs_key = !self.source.is_append_only(table);
+        if let Some(problem) = catalog::table_problem(self.client, table, needs_key).await? {
             return Ok(self.fail(name, problem.detail, problem.fix));
         }
         if let Some(options) = self.source.table_options.get(table) {
@@ -335,7 +336,7 @@ impl Checks<'_> {
             .source
             .tables
             .iter()
-            .filter(|t| !published.contains(t))
+            .filter(|t| !published.contains(t) && !self.source.is_append_only(t))
             .collect();
         if !missing.is_empty() {
             let list: Vec<String> = missing.iter().map(|t| quote_table(t)).collect();

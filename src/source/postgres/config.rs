@@ -37,6 +37,10 @@ pub struct TableOptions {
     /// Only rows for which this SQL expression holds, e.g. `"tenant_id = 7"`.
     #[serde(rename = "where")]
     pub row_filter: Option<String>,
+    /// An insert-only table (audit logs): synced through a second publication that publishes
+    /// only inserts and truncates, each row under a synthetic key; no key needed.
+    #[serde(default)]
+    pub append_only: bool,
 }
 
 #[derive(Deserialize)]
@@ -50,7 +54,10 @@ struct TableEntry {
 impl TableOptions {
     /// Whether the entry asks for anything besides the name.
     pub fn is_plain(&self) -> bool {
-        self.columns.is_none() && self.exclude_columns.is_none() && self.row_filter.is_none()
+        self.columns.is_none()
+            && self.exclude_columns.is_none()
+            && self.row_filter.is_none()
+            && !self.append_only
     }
 
     fn parse(value: &serde_json::Value) -> Result<TableOptions, String> {
@@ -88,6 +95,15 @@ impl TableOptions {
                 }
             }
         }
+        if options.append_only
+            && (options.columns.is_some()
+                || options.exclude_columns.is_some()
+                || options.row_filter.is_some())
+        {
+            return Err(format!(
+                "table {name}: append_only cannot be combined with columns, exclude_columns or where yet"
+            ));
+        }
         if let Some(filter) = &options.row_filter {
             if filter.trim().is_empty() || filter.contains(';') {
                 return Err(format!(
@@ -118,6 +134,16 @@ pub struct PostgresConfig {
 }
 
 impl PostgresConfig {
+    /// The second publication, of the `append_only` tables: inserts and truncates only, so
+    /// that tables without a replica identity never sit in one that publishes updates.
+    pub fn append_publication(&self) -> String {
+        format!("{}_append", self.publication)
+    }
+
+    pub fn is_append_only(&self, table: &str) -> bool {
+        self.table_options.get(table).is_some_and(|o| o.append_only)
+    }
+
     pub fn parse(source: &SourceConfig) -> Result<PostgresConfig, Problem> {
         let options: Options = source.options()?;
         let problem = |message: String| source.problem(message);
@@ -233,6 +259,13 @@ mod tests {
         );
         assert_eq!(users.row_filter.as_deref(), Some("tenant = 7"));
         assert!(!config.table_options.contains_key("public.events"));
+        let config = parse(&MINIMAL.replace(
+            "\"public.users\"",
+            "{ name = \"public.users\", append_only = true }",
+        ))
+        .unwrap();
+        assert!(config.is_append_only("public.users") && !config.is_append_only("public.events"));
+        assert_eq!(config.append_publication(), "deltarelay_app_pg_append");
         for (entry, says) in [
             (
                 "{ name = \"public.users\", columns = [\"id\"], exclude_columns = [\"x\"] }",
@@ -249,6 +282,10 @@ mod tests {
             ),
             ("{ name = \"users\" }", "schema.table"),
             ("\"public.events\"", "listed twice"),
+            (
+                "{ name = \"public.users\", append_only = true, where = \"a = 1\" }",
+                "append_only cannot",
+            ),
         ] {
             let err = parse(&MINIMAL.replace("\"public.users\"", entry)).unwrap_err();
             assert!(err.to_string().contains(says), "{entry}: {err}");

@@ -65,6 +65,10 @@ pub struct CopiedTables {
     /// for those that have any: a table whose spec changed is copied again.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub specs: BTreeMap<String, String>,
+    /// Append-only tables: the snapshot position of their copy. The stream's rows of such a
+    /// table committed before it are in the copy (under other synthetic keys): dropped.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub append_from: BTreeMap<String, String>,
 }
 
 impl CopiedTables {
@@ -120,6 +124,7 @@ pub async fn describe(
     types: &mut TypeCache,
     table: &str,
     spec: Option<&TableSpec>,
+    append_only: bool,
 ) -> Result<CopyTable, CopyError> {
     let (schema, name) = split_table_name(table)
         .ok_or_else(|| CatalogError::Unusable(format!("table {table:?} is not schema.table")))?;
@@ -182,6 +187,20 @@ pub async fn describe(
         .collect();
     let quoted = catalog::quote_table(table);
     let row_filter = spec.and_then(|s| s.row_filter.as_ref());
+    // An append-only row's synthetic key comes from where it lies (a leading column).
+    let list = if append_only {
+        let mut with_origin = vec!["tableoid::oid::text || ':' || ctid::text".to_string()];
+        with_origin.extend(list);
+        with_origin
+    } else {
+        list
+    };
+    let kind = if append_only && kind != "p" {
+        // A query: COPY of a table cannot add the origin column.
+        "query".to_string()
+    } else {
+        kind
+    };
     // A partitioned table has no rows of its own: COPY reads its partitions through a query;
     // a row filter is a query's too.
     let statement = if let Some(filter) = row_filter {
@@ -189,7 +208,7 @@ pub async fn describe(
             "COPY (SELECT {} FROM {quoted} WHERE ({filter})) TO STDOUT",
             list.join(", ")
         )
-    } else if kind == "p" {
+    } else if kind == "p" || kind == "query" {
         format!("COPY (SELECT {} FROM {quoted}) TO STDOUT", list.join(", "))
     } else {
         format!("COPY {quoted} ({}) TO STDOUT", list.join(", "))
@@ -201,8 +220,13 @@ pub async fn describe(
         replica_identity,
         columns: relation_columns,
     };
+    let shape = if append_only {
+        TableShape::new_append_only(&relation, value_types)
+    } else {
+        TableShape::new(&relation, &primary_key, value_types)?
+    };
     Ok(CopyTable {
-        shape: TableShape::new(&relation, &primary_key, value_types)?,
+        shape,
         statement,
         estimate: (reltuples >= 0.0).then_some(reltuples as u64),
         spec: spec.cloned(),
@@ -223,6 +247,8 @@ pub struct Copier {
     pub tls: super::tls::PgTls,
     /// Tables' column lists and row filters (those that have one).
     pub specs: Arc<BTreeMap<String, TableSpec>>,
+    /// The append-only tables (rows keyed by their origin).
+    pub append_only: Arc<BTreeSet<String>>,
 }
 
 impl Copier {
@@ -255,7 +281,17 @@ impl Copier {
         let mut types = TypeCache::default();
         let mut tables = Vec::with_capacity(pending.len());
         for table in pending {
-            tables.push(describe(&client, &mut types, table, self.specs.get(table)).await?);
+            let append_only = self.append_only.contains(table);
+            tables.push(
+                describe(
+                    &client,
+                    &mut types,
+                    table,
+                    self.specs.get(table),
+                    append_only,
+                )
+                .await?,
+            );
         }
         let estimate: u64 = tables.iter().filter_map(|t| t.estimate).sum();
         let mut progress = Progress::new(self, pending.len(), estimate);
@@ -311,6 +347,11 @@ impl Copier {
         };
         let ((), (last, rows_counter)) = tokio::try_join!(read, write)?;
         copied.mark_copied(&collection, table.spec.as_ref());
+        if table.shape.append_only {
+            copied
+                .append_from
+                .insert(collection.clone(), self.position.to_string());
+        }
         let written = last.len() as u64;
         self.write(last, copied).await?;
         rows_counter.increment(written);
@@ -336,7 +377,8 @@ impl Copier {
             .await
             .map_err(query_error)?;
         futures_util::pin_mut!(stream);
-        let width = table.shape.columns.len();
+        let append_only = table.shape.append_only;
+        let width = table.shape.columns.len() + usize::from(append_only);
         let mut rows = TextRows::default();
         let mut batch = Vec::with_capacity(ROWS_PER_COMMIT);
         while let Some(chunk) = stream.next().await {
@@ -345,7 +387,11 @@ impl Copier {
                 table: collection.clone(),
                 message,
             })? {
-                batch.push(table.shape.insert(&values)?);
+                batch.push(if append_only {
+                    copied_append_only(&table.shape, values)?
+                } else {
+                    table.shape.insert(&values)?
+                });
                 if batch.len() >= ROWS_PER_COMMIT {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(ROWS_PER_COMMIT));
                     if batches.send(full).await.is_err() {
@@ -438,6 +484,20 @@ impl Copier {
             .await?;
         Ok(())
     }
+}
+
+/// A copied row of an append-only table: the leading `<table oid>:<ctid>` is its key.
+fn copied_append_only(
+    shape: &TableShape,
+    mut values: Vec<TupleValue>,
+) -> Result<Change, CopyError> {
+    let origin = match values.remove(0) {
+        TupleValue::Text(text) => String::from_utf8_lossy(&text).into_owned(),
+        _ => String::new(),
+    };
+    let mut change = shape.insert(&values)?;
+    change.key = Some(TableShape::synthetic_key(format!("copy:{origin}")));
+    Ok(change)
 }
 
 /// Progress of one copy run, published to `/v1/status`, the metrics and the log output.

@@ -15,7 +15,7 @@ use super::tables;
 use super::tls::PgTls;
 use super::Lsn;
 use crate::log::{Log, LogError, LogTxn};
-use crate::record::{Change, TxMeta};
+use crate::record::{Change, Op, TxMeta};
 use crate::source::{CopyState, ErrorKind, Freshness, Source, SourceStatus, UnsyncedTable};
 use crate::telemetry;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -68,6 +68,10 @@ pub enum SourceError {
     Protocol(String),
     #[error("the server ended the replication stream")]
     StreamEnded,
+    #[error(
+        "reconnecting to stream the append-only tables' publication, which the slot has now passed"
+    )]
+    Rejoin,
     #[error(
         "no answer from Postgres within {after:?} while {what}: the connection looks dead \
          (dropped by the network?); reconnecting (see replication_timeout)"
@@ -217,6 +221,8 @@ impl Source for PostgresSource {
 struct Upstream {
     meta: Arc<TxMeta>,
     final_lsn: Lsn,
+    /// Rows of append-only tables so far in this transaction (their synthetic keys).
+    append_rows: u64,
     buffer: Vec<Change>,
     /// Already in the log (Postgres resent it after a restart).
     skip: bool,
@@ -255,6 +261,9 @@ struct Session<'a> {
     respec: HashMap<String, Lsn>,
     /// Since when the log lacks something upstream committed (`lag_ms` for clients).
     fresh: Freshness,
+    /// The append-only tables wait until the slot has passed this position (their
+    /// publication was created after it): the session then reconnects to stream them.
+    append_wait: Option<Lsn>,
 }
 
 impl<'a> Session<'a> {
@@ -287,7 +296,7 @@ impl<'a> Session<'a> {
         )
         .await?;
         source.report_unsynced(&prepared.problems);
-        let tables = prepared.tables;
+        let mut tables = prepared.tables;
         *source.specs.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(prepared.specs);
         let mut stored = source.log.position(&source.name).await?;
 
@@ -327,6 +336,13 @@ impl<'a> Session<'a> {
             ),
             Some(_) => None,
         };
+        let slot_at = slot.as_ref().and_then(|s| s.confirmed_flush);
+        let (with_append, append_wait) = source
+            .append_publication_start(&prepared.append_tables, prepared.append_created, slot_at)
+            .await?;
+        if append_wait.is_some() {
+            tables.retain(|t| !prepared.append_tables.contains(t));
+        }
         let partitions = bounded(
             limit,
             "reading partitions",
@@ -334,6 +350,7 @@ impl<'a> Session<'a> {
         )
         .await?;
         let mut copy_task = None;
+        let mut respec = prepared.respec;
         if let Some(state) = lost {
             if stored.is_some() || copied.is_some() || source.has_entries().await? {
                 start_over(source, state, stored.as_deref()).await?;
@@ -362,6 +379,12 @@ impl<'a> Session<'a> {
             partitions.store(&source.log, &source.name).await?;
         } else {
             let done = copied.unwrap_or_default();
+            for (table, from) in &done.append_from {
+                if let Ok(from) = from.parse::<Lsn>() {
+                    let until = respec.entry(table.clone()).or_insert(from);
+                    *until = (*until).max(from);
+                }
+            }
             // A configured table that cannot be synced now keeps what the log has of it.
             let configured = if source.all_tables {
                 &tables
@@ -393,7 +416,15 @@ impl<'a> Session<'a> {
                     .status
                     .send_modify(|s| s.initial_copy.state = CopyState::Done);
             } else {
-                copy_task = Some(source.copy_beside_stream(pending, done, partitions.clone()));
+                let (task, snapshot_at) = source
+                    .copy_beside_stream(pending.clone(), done, partitions.clone())
+                    .await?;
+                copy_task = Some(task);
+                if let Some(at) = snapshot_at {
+                    for table in pending.iter().filter(|t| source.config.is_append_only(t)) {
+                        respec.insert(table.clone(), at);
+                    }
+                }
             }
         }
 
@@ -404,7 +435,15 @@ impl<'a> Session<'a> {
             })?,
             None => Lsn(0),
         };
-        let publication = source.publication.clone();
+        let publication = if with_append {
+            format!(
+                "{},{}",
+                source.publication,
+                source.config.append_publication()
+            )
+        } else {
+            source.publication.clone()
+        };
         let stream = bounded(
             limit,
             "starting replication",
@@ -445,8 +484,9 @@ impl<'a> Session<'a> {
             copy_task,
             heard: Instant::now(),
             partitions,
-            respec: prepared.respec,
+            respec,
             fresh: Freshness::new(&source.status),
+            append_wait,
         })
     }
 
@@ -515,7 +555,19 @@ impl<'a> Session<'a> {
             Some(text) => CopiedTables::parse(&text)?,
             None => CopiedTables::default(),
         };
-        self.copy_task = Some(self.source.copy_beside_stream(changed, copied, now.clone()));
+        let (task, snapshot_at) = self
+            .source
+            .copy_beside_stream(changed.clone(), copied, now.clone())
+            .await?;
+        self.copy_task = Some(task);
+        if let Some(at) = snapshot_at {
+            for table in changed
+                .iter()
+                .filter(|t| self.source.config.is_append_only(t))
+            {
+                self.respec.insert(table.clone(), at);
+            }
+        }
         self.partitions = now;
         Ok(())
     }
@@ -531,6 +583,13 @@ impl<'a> Session<'a> {
     /// on an idle slot we have acknowledged, so after half the timeout in silence we ask it
     /// to answer, and after the whole timeout we give the connection up.
     async fn keep_alive(&mut self) -> Result<(), SourceError> {
+        if let Some(from) = self.append_wait {
+            if self.upstream.is_none() && self.ack.flushed() >= from {
+                self.commit_local().await?;
+                self.send_status(false).await?;
+                return Err(SourceError::Rejoin);
+            }
+        }
         if self.upstream.is_none()
             && self.pending_end.is_none()
             && self.ack.flushed() >= self.upstream_end
@@ -607,6 +666,7 @@ impl<'a> Session<'a> {
                         position: final_lsn.to_string(),
                     }),
                     final_lsn,
+                    append_rows: 0,
                     buffer: Vec::new(),
                     // A commit that starts before the stored end is at or before it: logged.
                     skip: final_lsn < self.durable,
@@ -680,7 +740,10 @@ impl<'a> Session<'a> {
             },
         )
         .await?;
-        let shape = match TableShape::new(&relation, &primary_key, value_types) {
+        let shape = match TableShape::new(&relation, &primary_key, value_types.clone()) {
+            _ if self.source.config.is_append_only(&collection) => {
+                Some(TableShape::new_append_only(&relation, value_types))
+            }
             Ok(shape) => Some(shape),
             Err(e @ ShapeError::NoKey(..)) if self.source.all_tables => {
                 tracing::warn!(source = %self.source.name, error = %e, "skipping a table without a key");
@@ -741,7 +804,18 @@ impl<'a> Session<'a> {
         {
             return Ok(());
         }
-        let changes = make(table)?;
+        let mut changes = make(table)?;
+        if table.append_only {
+            // Only inserts and truncates are published for it; each row keyed by its origin.
+            changes.retain(|c| matches!(c.op, Op::Insert | Op::Truncate));
+            for change in changes.iter_mut().filter(|c| c.op == Op::Insert) {
+                upstream.append_rows += 1;
+                change.key = Some(TableShape::synthetic_key(format!(
+                    "{}:{}",
+                    upstream.final_lsn, upstream.append_rows
+                )));
+            }
+        }
         if let Some(counter) = self.ingested.get(&relation_id) {
             counter.increment(changes.len() as u64);
         }
@@ -862,6 +936,55 @@ impl PostgresSource {
             position,
             tls: self.tls.clone(),
             specs: self.specs(),
+            append_only: Arc::new(
+                self.config
+                    .table_options
+                    .values()
+                    .filter(|o| o.append_only)
+                    .map(|o| o.name.clone())
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Whether to stream the append-only publication now, and if not, the position the slot
+    /// must pass first. A slot cannot decode with a publication created after the position
+    /// it decodes from, so a publication created just now (recorded in the log under
+    /// `<source>#append`) joins once the slot has passed its creation; with a new slot
+    /// (`slot_at` is `None`) it joins at once.
+    async fn append_publication_start(
+        &self,
+        append_tables: &[String],
+        created: Option<Lsn>,
+        slot_at: Option<Lsn>,
+    ) -> Result<(bool, Option<Lsn>), SourceError> {
+        if self.all_tables {
+            return Ok((false, None));
+        }
+        let key = format!("{}#append", self.name);
+        if let Some(created) = created {
+            self.log
+                .begin()
+                .await?
+                .commit(&key, created.to_string())
+                .await?;
+        }
+        let from = match self.log.position(&key).await? {
+            Some(text) => text.parse::<Lsn>().map_err(|e| SourceError::Config {
+                source_name: self.name.to_string(),
+                message: format!("the log holds an unreadable position under {key}: {e}"),
+            })?,
+            None => Lsn(0),
+        };
+        match slot_at {
+            Some(at) if at < from => {
+                if !append_tables.is_empty() {
+                    tracing::info!(source = %self.name, tables = ?append_tables, position = %from,
+                        "the append-only tables join once the stream has passed their new publication");
+                }
+                Ok((false, (!append_tables.is_empty()).then_some(from)))
+            }
+            _ => Ok((true, None)),
         }
     }
 
@@ -934,12 +1057,17 @@ impl PostgresSource {
 
     /// Copies `pending` from a temporary slot's snapshot while the permanent slot streams.
     /// `partitions` are stored as copied once it has finished.
-    fn copy_beside_stream(
+    ///
+    /// With append-only tables among them the snapshot is taken before this returns, and its
+    /// position is returned: their rows the stream delivers from before it are the copy's
+    /// (under other synthetic keys), so the stream drops them. Otherwise it is taken in the
+    /// background (it waits for running transactions) while the stream runs.
+    async fn copy_beside_stream(
         &self,
         pending: Vec<String>,
         copied: CopiedTables,
         partitions: PartitionSets,
-    ) -> CopyTask {
+    ) -> Result<(CopyTask, Option<Lsn>), SourceError> {
         let (log, name) = (self.log.clone(), self.name.clone());
         let floor_copier = self.copier(Lsn(0), true);
         let pg_config = self.pg_config.clone();
@@ -951,10 +1079,26 @@ impl PostgresSource {
             std::process::id(),
             rand::random::<u16>()
         );
-        let handle = tokio::spawn(async move {
+        let early = if pending.iter().any(|t| self.config.is_append_only(t)) {
             let mut conn =
                 ReplicationConnection::connect_tls(&pg_config, &tls, SESSION_PARAMS).await?;
             let created = conn.create_temporary_snapshot_slot(&temporary).await?;
+            Some((conn, created))
+        } else {
+            None
+        };
+        let snapshot_at = early.as_ref().map(|(_, created)| created.consistent_point);
+        let handle = tokio::spawn(async move {
+            let (conn, created) = match early {
+                Some(early) => early,
+                None => {
+                    let mut conn =
+                        ReplicationConnection::connect_tls(&pg_config, &tls, SESSION_PARAMS)
+                            .await?;
+                    let created = conn.create_temporary_snapshot_slot(&temporary).await?;
+                    (conn, created)
+                }
+            };
             let snapshot = created.snapshot_name.clone().ok_or_else(|| {
                 SourceError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
             })?;
@@ -970,7 +1114,7 @@ impl PostgresSource {
             partitions.store(&log, &name).await?;
             Ok(copied)
         });
-        CopyTask(handle)
+        Ok((CopyTask(handle), snapshot_at))
     }
 }
 

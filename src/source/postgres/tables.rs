@@ -22,6 +22,12 @@ pub struct Prepared {
     /// changes committed before it were decoded with the old spec, and the copy that follows
     /// (from a later snapshot) covers them, so the stream drops them.
     pub respec: HashMap<String, Lsn>,
+    /// The synced append-only tables (in `tables` too).
+    pub append_tables: Vec<String>,
+    /// When the append-only publication was created just now: the WAL position after it.
+    /// A slot cannot decode with a publication from before its creation, so the stream adds
+    /// it only once it has passed this position.
+    pub append_created: Option<Lsn>,
 }
 
 /// Sorts the configured tables into syncable and not, and brings the publication in line.
@@ -32,10 +38,11 @@ pub async fn prepare(
     stored_specs: &BTreeMap<String, String>,
 ) -> Result<Prepared, CatalogError> {
     let publication = &config.publication;
-    let mut problems = catalog::table_problems(client, &config.tables).await?;
+    let mut problems =
+        catalog::table_problems(client, &config.tables, |t| config.is_append_only(t)).await?;
     let mut specs = BTreeMap::new();
     for (table, options) in &config.table_options {
-        if problems.iter().any(|p| &p.table == table) {
+        if options.append_only || problems.iter().any(|p| &p.table == table) {
             continue;
         }
         match filters::resolve(client, options).await? {
@@ -47,14 +54,33 @@ pub async fn prepare(
     }
     // Tables whose publication entry this relay manages with a spec (now or before).
     let managed = |t: &String| specs.contains_key(t) || stored_specs.contains_key(t);
+    let append = |t: &String| config.is_append_only(t);
     let ok = |problems: &[TableProblem], t: &String| !problems.iter().any(|p| &p.table == t);
     let plain: Vec<String> = config
         .tables
         .iter()
-        .filter(|t| ok(&problems, t) && !managed(t))
+        .filter(|t| ok(&problems, t) && !managed(t) && !append(t))
         .cloned()
         .collect();
     catalog::ensure_publication(client, publication, &plain, config.all_tables).await?;
+    let mut append_tables = Vec::new();
+    let mut append_created = None;
+    if !config.all_tables {
+        append_tables = config
+            .tables
+            .iter()
+            .filter(|t| ok(&problems, t) && append(t))
+            .cloned()
+            .collect();
+        for table in &append_tables {
+            // Never in the publication of updates and deletes.
+            catalog::remove_from_publication(client, publication, table).await?;
+        }
+        let append_publication = config.append_publication();
+        if catalog::ensure_append_publication(client, &append_publication, &append_tables).await? {
+            append_created = Some(current_wal(client).await?);
+        }
+    }
     let published = catalog::published_tables(client, publication).await?;
     let mut respec = HashMap::new();
     for table in config.tables.iter().filter(|t| managed(t)) {
@@ -74,14 +100,7 @@ pub async fn prepare(
         };
         match filters::apply(client, table, &spec, target).await? {
             Ok(()) => {
-                let now: String = client
-                    .query_one("SELECT pg_current_wal_lsn()::text", &[])
-                    .await?
-                    .get(0);
-                let now = now
-                    .parse::<Lsn>()
-                    .map_err(|e| CatalogError::Unusable(format!("pg_current_wal_lsn: {e}")))?;
-                respec.insert(table.clone(), now);
+                respec.insert(table.clone(), current_wal(client).await?);
             }
             Err(problem) => problems.push(problem),
         }
@@ -108,5 +127,16 @@ pub async fn prepare(
         specs,
         problems,
         respec,
+        append_tables,
+        append_created,
     })
+}
+
+async fn current_wal(client: &Client) -> Result<Lsn, CatalogError> {
+    let now: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
+    now.parse::<Lsn>()
+        .map_err(|e| CatalogError::Unusable(format!("pg_current_wal_lsn: {e}")))
 }
