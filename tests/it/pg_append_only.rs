@@ -162,9 +162,9 @@ async fn an_append_only_table_syncs_every_insert_once_across_kill_9() {
     assert_eq!(keys.len() as i64, next - 1);
 }
 
-/// A deployment from before append-only tables has no second publication: created after the
-/// slot, it joins the stream once the slot has passed it, and the table added with it is
-/// copied beside the stream while inserts go on, each row once.
+/// The second publication is created when the first append-only table is configured, after
+/// the slot: it joins the stream once the slot has passed it, and the table is copied beside
+/// the stream while inserts go on, each row once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_only_table_added_later_joins_through_a_new_publication() {
     let pg = PgServer::start();
@@ -191,7 +191,14 @@ async fn an_append_only_table_added_later_joins_through_a_new_publication() {
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(relay.terminate(), Some(0), "{}", relay.output());
-    pg.psql("app", "DROP PUBLICATION deltarelay_test_append");
+    assert_eq!(
+        pg.psql(
+            "app",
+            "SELECT count(*) FROM pg_publication WHERE pubname = 'deltarelay_test_append'"
+        ),
+        "0",
+        "created only when there are append-only tables"
+    );
     let tables = r#""public.items", { name = "public.events_log", append_only = true }"#;
     std::fs::write(
         dir.path().join("deltarelay.toml"),

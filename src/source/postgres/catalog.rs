@@ -267,7 +267,8 @@ pub async fn published_tables_with_keys(
     Ok(tables)
 }
 
-/// Creates the publication of append-only tables if missing (`publish = 'insert, truncate'`,
+/// Creates the publication of append-only tables if there are any and it is missing
+/// (`publish = 'insert, truncate'`,
 /// so Postgres never asks these tables for a replica identity), adds `tables` it lacks and
 /// takes out the ones it should not have. `Ok(true)` when it was created just now.
 pub async fn ensure_append_publication(
@@ -283,6 +284,10 @@ pub async fn ensure_append_publication(
         )
         .await?
         .is_some();
+    if !exists && tables.is_empty() {
+        // Only when needed: the role may not be allowed to create publications.
+        return Ok(false);
+    }
     if !exists {
         tracing::info!(
             publication,
