@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use testkit::pg::PgServer;
-use testkit::relay::{client_state, read_log, start_ready_relay, wait_until, RelayProcess};
+use testkit::relay::{client_state, read_log, start_ready_relay, RelayProcess};
 
 const SCHEMA: &str = "
     CREATE TABLE events (id int, region text, v text, PRIMARY KEY (id, region))
@@ -32,11 +32,29 @@ fn states(
 }
 
 fn wait_in_step(pg: &PgServer, dir: &std::path::Path, relay: &mut RelayProcess, what: &str) {
-    wait_until(Duration::from_secs(60), what, || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
         relay.assert_running();
         let (log, table) = states(pg, dir);
-        log == table
-    });
+        if log == table {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let only_log: Vec<_> = log
+                .iter()
+                .filter(|(k, v)| table.get(*k) != Some(v))
+                .collect();
+            let only_table: Vec<_> = table
+                .iter()
+                .filter(|(k, v)| log.get(*k) != Some(v))
+                .collect();
+            panic!(
+                "timed out waiting for {what}: log only {only_log:?}, table only {only_table:?}\n{}",
+                relay.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -270,12 +270,13 @@ pub async fn published_tables_with_keys(
 /// Creates the publication of append-only tables if there are any and it is missing
 /// (`publish = 'insert, truncate'`,
 /// so Postgres never asks these tables for a replica identity), adds `tables` it lacks and
-/// takes out the ones it should not have. `Ok(true)` when it was created just now.
+/// takes out the ones it should not have. Returns (whether it exists, whether it was
+/// created just now).
 pub async fn ensure_append_publication(
     client: &Client,
     publication: &str,
     tables: &[String],
-) -> Result<bool, CatalogError> {
+) -> Result<(bool, bool), CatalogError> {
     let quoted_pub = quote_ident(publication);
     let exists = client
         .query_opt(
@@ -286,7 +287,7 @@ pub async fn ensure_append_publication(
         .is_some();
     if !exists && tables.is_empty() {
         // Only when needed: the role may not be allowed to create publications.
-        return Ok(false);
+        return Ok((false, false));
     }
     if !exists {
         tracing::info!(
@@ -316,7 +317,7 @@ pub async fn ensure_append_publication(
     for table in published.iter().filter(|t| !tables.contains(t)) {
         remove_from_publication(client, publication, table).await?;
     }
-    Ok(!exists)
+    Ok((true, !exists))
 }
 
 /// The tables a publication publishes (`schema.table`; partitioned tables by their root).

@@ -28,6 +28,8 @@ pub struct Prepared {
     /// A slot cannot decode with a publication from before its creation, so the stream adds
     /// it only once it has passed this position.
     pub append_created: Option<Lsn>,
+    /// Whether the append-only publication exists (it is streamed only then).
+    pub append_exists: bool,
 }
 
 /// Sorts the configured tables into syncable and not, and brings the publication in line.
@@ -65,6 +67,7 @@ pub async fn prepare(
     catalog::ensure_publication(client, publication, &plain, config.all_tables).await?;
     let mut append_tables = Vec::new();
     let mut append_created = None;
+    let mut append_exists = false;
     if !config.all_tables {
         append_tables = config
             .tables
@@ -77,7 +80,10 @@ pub async fn prepare(
             catalog::remove_from_publication(client, publication, table).await?;
         }
         let append_publication = config.append_publication();
-        if catalog::ensure_append_publication(client, &append_publication, &append_tables).await? {
+        let (exists, created) =
+            catalog::ensure_append_publication(client, &append_publication, &append_tables).await?;
+        append_exists = exists;
+        if created {
             append_created = Some(current_wal(client).await?);
         }
     }
@@ -129,6 +135,7 @@ pub async fn prepare(
         respec,
         append_tables,
         append_created,
+        append_exists,
     })
 }
 

@@ -77,6 +77,7 @@ impl<'a> Session<'a> {
         let (with_append, append_wait) = source
             .append_publication_start(&prepared.append_tables, prepared.append_created, slot_at)
             .await?;
+        let with_append = with_append && prepared.append_exists;
         if append_wait.is_some() {
             tables.retain(|t| !prepared.append_tables.contains(t));
         }
