@@ -160,6 +160,26 @@ async fn an_append_only_table_syncs_every_insert_once_across_kill_9() {
         })
         .collect();
     assert_eq!(keys.len() as i64, next - 1);
+
+    // Uninstalling drops both publications.
+    assert_eq!(relay.terminate(), Some(0), "{}", relay.output());
+    let dropped = std::process::Command::new(env!("CARGO_BIN_EXE_deltarelay"))
+        .args(["slot", "drop", "--config"])
+        .arg(dir.path().join("deltarelay.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&dropped.stdout);
+    assert!(
+        stdout.contains("dropped publication deltarelay_test_append"),
+        "{stdout}"
+    );
+    assert_eq!(
+        pg.psql(
+            "app",
+            "SELECT count(*) FROM pg_publication WHERE pubname LIKE 'deltarelay_test%'"
+        ),
+        "0"
+    );
 }
 
 /// The second publication is created when the first append-only table is configured, after
