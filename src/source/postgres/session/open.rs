@@ -73,7 +73,11 @@ impl<'a> Session<'a> {
             ),
             Some(_) => None,
         };
-        let slot_at = slot.as_ref().and_then(|s| s.confirmed_flush);
+        // A slot about to be created (or recreated) is younger than any publication.
+        let slot_at = match lost {
+            Some(_) => None,
+            None => slot.as_ref().and_then(|s| s.confirmed_flush),
+        };
         let (with_append, append_wait) = source
             .append_publication_start(&prepared.append_tables, prepared.append_created, slot_at)
             .await?;
