@@ -231,6 +231,11 @@ async fn slot_drop(
         } else {
             println!("publication {publication} does not exist");
         }
+        // The append-only tables' publication, when there is one.
+        let append = source.append_publication();
+        if catalog::drop_publication(&client, &append).await? {
+            println!("dropped publication {append}");
+        }
     }
     println!(
         "the log in {} now refers to a slot that is gone: remove it before running the relay again",

@@ -16,6 +16,7 @@ pub const LOG_COMMIT_SECONDS: &str = "deltarelay_log_commit_seconds";
 pub const REPLICATION_LAG_BYTES: &str = "deltarelay_replication_lag_bytes";
 pub const COPY_ROWS: &str = "deltarelay_copy_rows_total";
 pub const COPY_TABLES_REMAINING: &str = "deltarelay_copy_tables_remaining";
+pub const TABLES_UNSYNCED: &str = "deltarelay_tables_unsynced";
 pub const SOURCE_RESETS: &str = "deltarelay_source_resets_total";
 pub const TOMBSTONES_PURGED: &str = "deltarelay_tombstones_purged_total";
 
@@ -70,6 +71,10 @@ fn describe() {
     metrics::describe_gauge!(
         REPLICATION_LAG_BYTES,
         "Upstream WAL not yet durable in the log, by source"
+    );
+    metrics::describe_gauge!(
+        TABLES_UNSYNCED,
+        "Configured tables a source cannot sync (see /v1/status for why and the fix), by source"
     );
     metrics::describe_counter!(
         COPY_ROWS,

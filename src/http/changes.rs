@@ -70,7 +70,11 @@ pub async fn changes(
     metrics::counter!(telemetry::CHANGES_SERVED).increment(page.entries.len() as u64);
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
-        body(&page, &cursor),
+        body(
+            &page,
+            &cursor,
+            crate::source::log_lag_ms(&shared.app.sources),
+        ),
     )
         .into_response())
 }
@@ -86,7 +90,7 @@ async fn read_page(
 }
 
 /// The response, written from the stored record texts without parsing them again.
-fn body(page: &Page, cursor: &str) -> String {
+fn body(page: &Page, cursor: &str, lag_ms: u64) -> String {
     let size: usize = page.entries.iter().map(|e| e.record.len() + 1).sum();
     let mut out = String::with_capacity(size + cursor.len() + 64);
     out.push_str("{\"changes\":[");
@@ -100,6 +104,9 @@ fn body(page: &Page, cursor: &str) -> String {
     out.push_str(&serde_json::Value::from(cursor).to_string());
     out.push_str(",\"has_more\":");
     out.push_str(if page.has_more { "true" } else { "false" });
+    // How far the log is behind its slowest source (Freshness): 0 when caught up.
+    out.push_str(",\"lag_ms\":");
+    out.push_str(&lag_ms.to_string());
     out.push('}');
     out
 }

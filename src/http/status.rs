@@ -37,11 +37,17 @@ pub async fn collections(
 pub async fn status(State(shared): State<SharedState>) -> Result<Response, ApiError> {
     let stats = shared.log().stats().await?;
     let head_seq = *shared.log().head().borrow();
+    let now_ms = crate::source::now_ms();
     let sources: Vec<_> = shared
         .app
         .sources
         .iter()
-        .map(|s| s.borrow().clone())
+        .map(|s| {
+            let status = s.borrow().clone();
+            let mut value = serde_json::to_value(&status).unwrap_or_default();
+            value["lag_ms"] = status.lag_ms(now_ms).into();
+            value
+        })
         .collect();
     let body = json!({
         "sources": sources,
@@ -49,6 +55,7 @@ pub async fn status(State(shared): State<SharedState>) -> Result<Response, ApiEr
             "epoch": shared.log().epoch(),
             "head_cursor": shared.cursor(head_seq),
             "head_seq": head_seq,
+            "lag_ms": crate::source::log_lag_ms(&shared.app.sources),
             "purged_seq": stats.purged_seq,
             "entries": stats.entries,
             "bytes": stats.bytes,

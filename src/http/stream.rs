@@ -38,6 +38,8 @@ const CHUNKS_IN_FLIGHT: usize = 1;
 /// A replaying stream whose client has taken nothing for this long lets go of its page.
 const PATIENCE: Duration = Duration::from_millis(100);
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// After `ready`, an `event: heartbeat` this often, with the log head and `lag_ms`.
+const HEARTBEAT: Duration = Duration::from_secs(15);
 const RETRY_MS: u32 = 2000;
 
 pub async fn stream(
@@ -272,15 +274,27 @@ fn events(
         out.put(format!("retry: {RETRY_MS}\n\n").as_bytes());
         let in_flight = InFlight::new();
         let mut quiet_since = Instant::now();
+        let heartbeat_every = heartbeat_interval();
+        // Set at `ready`: from then on the heartbeat (every 15 s, busy or not) keeps the
+        // connection alive instead of the keep-alive comment.
+        let mut next_heartbeat: Option<Instant> = None;
         let end = loop {
+            let quiet_until = next_heartbeat.unwrap_or(quiet_since + KEEP_ALIVE);
             let woke = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => Wake::Stop,
+                _ = tokio::time::sleep_until(quiet_until), if next_heartbeat.is_some() => Wake::Quiet,
                 followed = follower.next() => Wake::Next(followed),
-                _ = tokio::time::sleep_until(quiet_since + KEEP_ALIVE) => Wake::Quiet,
+                _ = tokio::time::sleep_until(quiet_until) => Wake::Quiet,
             };
             let followed = match woke {
                 Wake::Stop => break None,
+                Wake::Quiet if next_heartbeat.is_some() => {
+                    next_heartbeat = Some(Instant::now() + heartbeat_every);
+                    out.put(freshness_event("heartbeat", &shared).as_bytes());
+                    yield Ok(in_flight.track(out.take()).await);
+                    continue;
+                }
                 Wake::Quiet => {
                     quiet_since = Instant::now();
                     out.put(b": keep-alive\n\n");
@@ -319,9 +333,11 @@ fn events(
                 }
                 Followed::Ready { seq } => {
                     let cursor = Cursor { epoch: out.epoch, seq };
-                    out.put(format!("id: {cursor}\nevent: ready\ndata: {{\"cursor\":\"{cursor}\"}}\n\n").as_bytes());
+                    let lag_ms = crate::source::log_lag_ms(&shared.app.sources);
+                    out.put(format!("id: {cursor}\nevent: ready\ndata: {{\"cursor\":\"{cursor}\",\"lag_ms\":{lag_ms}}}\n\n").as_bytes());
                     yield Ok(in_flight.track(out.take()).await);
                     quiet_since = Instant::now();
+                    next_heartbeat = Some(Instant::now() + heartbeat_every);
                 }
                 Followed::Live(commit) => {
                     for record in commit.records() {
@@ -350,6 +366,25 @@ fn events(
         }
         drop(subscriber);
     }
+}
+
+/// `event: heartbeat` (no `id`: the head is not a position this stream has delivered up to)
+/// with the log's head cursor and how far the log is behind its slowest source.
+fn freshness_event(name: &str, shared: &SharedState) -> String {
+    let head = shared.cursor(*shared.log().head().borrow());
+    let lag_ms = crate::source::log_lag_ms(&shared.app.sources);
+    format!("event: {name}\ndata: {{\"cursor\":\"{head}\",\"lag_ms\":{lag_ms}}}\n\n")
+}
+
+/// 15 s; tests shorten it with `DELTARELAY_TEST_HEARTBEAT_MS` (read once).
+fn heartbeat_interval() -> Duration {
+    static INTERVAL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *INTERVAL.get_or_init(|| {
+        std::env::var("DELTARELAY_TEST_HEARTBEAT_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(HEARTBEAT, Duration::from_millis)
+    })
 }
 
 fn stopping(shutdown: &tokio::sync::watch::Receiver<bool>) -> bool {

@@ -10,7 +10,9 @@ pub mod postgres;
 mod status;
 pub mod supervise;
 
-pub use status::{all_ready, CopyProgress, CopyState, SourceStatus};
+pub use status::{
+    all_ready, log_lag_ms, now_ms, CopyProgress, CopyState, Freshness, SourceStatus, UnsyncedTable,
+};
 pub use supervise::{supervise, ErrorKind, Source};
 
 use crate::check::CheckResult;

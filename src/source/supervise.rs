@@ -88,7 +88,11 @@ pub async fn supervise<S: Source>(
             } => Ok(()),
         };
         let status = source.status();
-        status.send_modify(|s| s.connected = false);
+        status.send_modify(|s| {
+            s.connected = false;
+            // Whatever upstream commits from now on is not in the log until it reconnects.
+            s.note_behind(super::now_ms());
+        });
         let error = match result {
             Ok(()) => return Ok(()),
             Err(e) => e,

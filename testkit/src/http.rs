@@ -267,6 +267,10 @@ pub struct SseClient {
     pub comments: usize,
     pub retry: Option<u64>,
     pub ended: bool,
+    /// `event: heartbeat`s received; they are returned by `next` only when this is set
+    /// (tests of other things read changes and `ready` only).
+    pub heartbeats: usize,
+    pub keep_heartbeats: bool,
 }
 
 impl SseClient {
@@ -305,6 +309,8 @@ impl SseClient {
             comments: 0,
             retry: None,
             ended: false,
+            heartbeats: 0,
+            keep_heartbeats: false,
         })
     }
 
@@ -347,7 +353,8 @@ impl SseClient {
         true
     }
 
-    /// The next event (comments and `retry:` are recorded, not returned); `None` at the end.
+    /// The next event (comments, `retry:` and heartbeats are recorded, not returned, unless
+    /// `keep_heartbeats`); `None` at the end.
     pub async fn next(&mut self) -> Option<Event> {
         loop {
             while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
@@ -378,6 +385,12 @@ impl SseClient {
                         "retry" => self.retry = value.parse().ok(),
                         "" => {}
                         other => panic!("unexpected SSE field {other:?}"),
+                    }
+                }
+                if event.event == "heartbeat" {
+                    self.heartbeats += 1;
+                    if !self.keep_heartbeats {
+                        continue;
                     }
                 }
                 if has_data {

@@ -213,7 +213,7 @@ async fn long_poll_returns_promptly_after_a_commit_and_empty_after_wait() {
     let waited = started.elapsed();
     assert_eq!(
         body,
-        json!({"changes": [], "cursor": since, "has_more": false})
+        json!({"changes": [], "cursor": since, "has_more": false, "lag_ms": 0})
     );
     assert!(
         waited >= Duration::from_millis(950) && waited < Duration::from_millis(1500),

@@ -415,34 +415,103 @@ fn all_tables_picks_up_new_tables_and_skips_keyless_ones() {
     );
 }
 
-/// A configured table without a key is refused with the fix; with `REPLICA IDENTITY FULL` the
-/// whole row is the key.
-#[test]
-fn a_keyless_table_is_refused_until_it_has_a_replica_identity() {
+/// One table the relay cannot sync (no key, or missing) never stops the others: it is named
+/// with its fix in the log output, `/v1/status`, `/metrics` and `deltarelay check`, it is kept
+/// out of the publication (so the application's UPDATEs on it keep working), and the other
+/// tables flow. With `REPLICA IDENTITY FULL` and a restart it syncs, the whole row its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_cannot_sync_is_reported_while_the_others_flow() {
     let pg = PgServer::start();
     pg.psql(
         "app",
-        "CREATE TABLE notes (owner text, body text); INSERT INTO notes VALUES ('ann', 'hi');",
+        "CREATE TABLE notes (owner text, body text); INSERT INTO notes VALUES ('ann', 'hi');
+         CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a');",
     );
     let dir = tempfile::tempdir().unwrap();
-    let config = postgres_config(&pg.url("app"), dir.path(), &["public.notes"], free_port());
-    let mut relay = RelayProcess::start(dir.path(), &config);
-    wait_until(
-        Duration::from_secs(30),
-        "the relay to refuse the table",
-        || relay.output().contains("REPLICA IDENTITY FULL"),
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = postgres_config(
+        &pg.url("app"),
+        dir.path(),
+        &["public.notes", "public.items", "public.nosuch"],
+        port,
     );
-    let code = relay.terminate();
-    assert_ne!(code, Some(0), "the relay must fail:\n{}", relay.output());
+    let mut relay = RelayProcess::start(dir.path(), &config);
+    wait_ready(addr, &mut relay, Duration::from_secs(60)).await;
+    let status = get(addr, "/v1/status", &[]).await.json();
+    let unsynced = status["sources"][0]["unsynced_tables"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(unsynced.len(), 2, "{status}");
+    assert_eq!(unsynced[0]["table"], "public.notes");
+    assert!(unsynced[0]["problem"]
+        .as_str()
+        .unwrap()
+        .contains("no primary key"));
+    assert!(unsynced[0]["fix"]
+        .as_str()
+        .unwrap()
+        .contains("REPLICA IDENTITY FULL"));
+    assert_eq!(unsynced[1]["table"], "public.nosuch");
+    assert!(unsynced[1]["problem"]
+        .as_str()
+        .unwrap()
+        .contains("does not exist"));
+    let metrics = get(addr, "/metrics", &[]).await.body;
+    assert!(
+        metrics.contains("deltarelay_tables_unsynced{source=\"app_pg\"} 2"),
+        "{metrics}"
+    );
     let output = relay.output();
     assert!(
-        output.contains("public.notes has no primary key"),
+        output.contains("TABLE NOT SYNCED") && output.contains("public.notes has no primary key"),
         "{output}"
+    );
+    // Not published, so the application's UPDATE of the keyless table still works.
+    pg.psql("app", "UPDATE notes SET body = 'hi' WHERE owner = 'ann'");
+    pg.psql("app", "INSERT INTO items VALUES (2, 'b')");
+    wait_until(Duration::from_secs(30), "the other table to flow", || {
+        client_state(&read_log(dir.path()))
+            .get("public.items")
+            .is_some_and(|items| items.len() == 2)
+    });
+    assert!(!client_state(&read_log(dir.path())).contains_key("public.notes"));
+
+    // `deltarelay check` names both, each with its fix.
+    let check_path = dir.path().join("check.toml");
+    std::fs::write(&check_path, &config).unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_deltarelay"))
+        .args(["check", "--config"])
+        .arg(&check_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL app_pg table public.notes")
+            && stdout.contains("FAIL app_pg table public.nosuch"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("PASS app_pg table public.items"),
+        "{stdout}"
     );
 
     pg.psql("app", "ALTER TABLE notes REPLICA IDENTITY FULL");
+    assert_eq!(relay.terminate(), Some(0), "{}", relay.output());
     relay.spawn();
-    wait_streaming(&pg, &mut relay);
+    wait_ready(addr, &mut relay, Duration::from_secs(60)).await;
+    let status = get(addr, "/v1/status", &[]).await.json();
+    let unsynced = status["sources"][0]["unsynced_tables"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        unsynced.len(),
+        1,
+        "only the missing table is left: {status}"
+    );
     pg.psql(
         "app",
         "UPDATE notes SET body = 'hello' WHERE owner = 'ann';

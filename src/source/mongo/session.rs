@@ -9,7 +9,7 @@ use super::position::Position;
 use super::values::document_to_row;
 use crate::log::Log;
 use crate::record::{Change, TxMeta};
-use crate::source::{CopyState, ErrorKind, Source, SourceStatus};
+use crate::source::{CopyState, ErrorKind, Freshness, Source, SourceStatus};
 use crate::telemetry;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::change_stream::event::ResumeToken;
@@ -43,6 +43,8 @@ impl MongoSource {
         let status = SourceStatus {
             name: config.name.clone(),
             kind: "mongodb",
+            // Not connected yet: what upstream holds is not known to be in the log.
+            behind_since_ms: Some(crate::source::now_ms()),
             ..SourceStatus::default()
         };
         MongoSource {
@@ -217,6 +219,8 @@ impl MongoSource {
         // The token after the last whole event: a fragment's token is never stored, since a
         // stream resumed from it starts at the next fragment, not at the event.
         let mut whole_token = stream.resume_token();
+        // Freshness (`lag_ms`): behind from an event's arrival until a batch comes back empty.
+        let mut fresh = Freshness::new(&self.status);
         loop {
             let stopping = match shutdown.has_changed() {
                 Err(_) => true, // the relay dropped its side without a word: stop as if told to
@@ -236,6 +240,7 @@ impl MongoSource {
             };
             match next {
                 Ok(Some(raw)) => {
+                    fresh.behind(&self.status, crate::source::now_ms());
                     let started = reassembly.in_progress();
                     let whole = reassembly.push(raw).map_err(|message| MongoError::Config {
                         source_name: self.name.to_string(),
@@ -307,6 +312,7 @@ impl MongoSource {
                             .await?;
                         saved_at = Instant::now();
                     }
+                    fresh.caught_up(&self.status);
                     if !stream.is_alive() {
                         // The server closed the cursor without an invalidate: open it again.
                         return Err(MongoError::StreamClosed);

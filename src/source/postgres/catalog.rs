@@ -46,69 +46,106 @@ pub async fn check_wal_level(client: &Client) -> Result<(), CatalogError> {
     Ok(())
 }
 
-/// Every configured table must exist and have a row identity we can key on.
-pub async fn check_tables(client: &Client, tables: &[String]) -> Result<(), CatalogError> {
-    for table in tables {
-        if let Some(problem) = table_key_problem(client, table).await? {
-            return Err(CatalogError::Unusable(format!(
-                "{}: {}",
-                problem.detail, problem.fix
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Why a table cannot be synced, and what to do about it.
 #[derive(Debug, Clone)]
 pub struct TableProblem {
+    pub table: String,
     pub detail: String,
     pub fix: String,
 }
 
-/// `None` when `table` exists and has a row identity we can key on.
-pub async fn table_key_problem(
+impl TableProblem {
+    fn new(table: &str, detail: String, fix: String) -> TableProblem {
+        TableProblem {
+            table: table.to_string(),
+            detail,
+            fix,
+        }
+    }
+}
+
+/// The configured tables that cannot be synced, each with why and the fix. The others sync.
+pub async fn table_problems(
+    client: &Client,
+    tables: &[String],
+    append_only: impl Fn(&str) -> bool,
+) -> Result<Vec<TableProblem>, CatalogError> {
+    let mut problems = Vec::new();
+    for table in tables {
+        if let Some(problem) = table_problem(client, table, !append_only(table)).await? {
+            problems.push(problem);
+        }
+    }
+    Ok(problems)
+}
+
+/// `None` when `table` exists, the role may read it and (when `needs_key`: it is not
+/// append-only) it has a row identity we can key on.
+pub async fn table_problem(
     client: &Client,
     table: &str,
+    needs_key: bool,
 ) -> Result<Option<TableProblem>, CatalogError> {
     let Some((schema, name)) = split_table_name(table) else {
-        return Ok(Some(TableProblem {
-            detail: format!("table {table:?} is not schema.table"),
-            fix: format!("write it as \"public.{table}\""),
-        }));
+        return Ok(Some(TableProblem::new(
+            table,
+            format!("table {table:?} is not schema.table"),
+            format!("write it as \"public.{table}\""),
+        )));
     };
     let row = client
         .query_opt(
             "SELECT c.relreplident::text,
-                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+                    has_table_privilege(c.oid, 'SELECT'), current_user::text
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
             &[&schema, &name],
         )
         .await?;
     let Some(row) = row else {
-        return Ok(Some(TableProblem {
-            detail: format!("table {table} does not exist (or is not a table)"),
-            fix: "check the tables list of this source".into(),
-        }));
+        return Ok(Some(TableProblem::new(
+            table,
+            format!("table {table} does not exist (or is not a table)"),
+            format!(
+                "create it, or correct or remove \"{table}\" in the tables list of this source"
+            ),
+        )));
     };
     let identity: String = row.get(0);
     let has_pk: bool = row.get(1);
+    let readable: bool = row.get(2);
+    let user: String = row.get(3);
+    if !readable {
+        return Ok(Some(TableProblem::new(
+            table,
+            format!("role {user} may not SELECT from table {table} (the initial copy reads it)"),
+            format!(
+                "GRANT SELECT ON {} TO {};",
+                quote_table(table),
+                quote_ident(&user)
+            ),
+        )));
+    }
     let usable = match identity.as_str() {
         "f" | "i" => true,
         "d" => has_pk,
         _ => false,
     };
-    Ok((!usable).then(|| TableProblem {
-        detail: format!(
-            "table {table} has no primary key and REPLICA IDENTITY {}, so its rows cannot be told apart \
-             (and Postgres rejects its UPDATEs and DELETEs once it is published)",
-            if identity == "n" { "NOTHING" } else { "DEFAULT" }
-        ),
-        fix: format!(
-            "add a primary key, or run ALTER TABLE {} REPLICA IDENTITY FULL (or USING INDEX <unique index>)",
-            quote_table(table)
-        ),
+    Ok((needs_key && !usable).then(|| {
+        TableProblem::new(
+            table,
+            format!(
+                "table {table} has no primary key and REPLICA IDENTITY {}, so its rows cannot be told apart \
+                 (and Postgres rejects its UPDATEs and DELETEs once it is published)",
+                if identity == "n" { "NOTHING" } else { "DEFAULT" }
+            ),
+            format!(
+                "add a primary key, or run ALTER TABLE {} REPLICA IDENTITY FULL (or USING INDEX <unique index>); \
+                 or, for an insert-only table, write its entry {{ name = \"{table}\", append_only = true }}",
+                quote_table(table)
+            ),
+        )
     }))
 }
 
@@ -121,33 +158,54 @@ pub async fn ensure_publication(
 ) -> Result<(), CatalogError> {
     let existing = client
         .query_opt(
-            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            "SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await?;
     let quoted: Vec<String> = tables.iter().map(|t| quote_table(t)).collect();
+    // A partitioned table's changes are published as its root's, one collection whatever
+    // partition a row is in (else they would come as the partitions', which are not synced).
+    const VIA_ROOT: &str = " WITH (publish_via_partition_root = true)";
     match existing {
         None if all_tables => {
             tracing::info!(publication, "creating publication FOR ALL TABLES");
             client
                 .batch_execute(&format!(
-                    "CREATE PUBLICATION {} FOR ALL TABLES",
+                    "CREATE PUBLICATION {} FOR ALL TABLES{VIA_ROOT}",
                     quote_ident(publication)
                 ))
                 .await?;
         }
         None => {
             tracing::info!(publication, tables = ?tables, "creating publication");
+            // Without any table to sync (all broken), an empty publication: tables join later.
+            let for_tables = if quoted.is_empty() {
+                String::new()
+            } else {
+                format!(" FOR TABLE {}", quoted.join(", "))
+            };
             client
                 .batch_execute(&format!(
-                    "CREATE PUBLICATION {} FOR TABLE {}",
-                    quote_ident(publication),
-                    quoted.join(", ")
+                    "CREATE PUBLICATION {}{for_tables}{VIA_ROOT}",
+                    quote_ident(publication)
                 ))
                 .await?;
         }
         Some(row) => {
             let is_all: bool = row.get(0);
+            let via_root: bool = row.get(1);
+            if !via_root {
+                tracing::info!(
+                    publication,
+                    "publishing partitioned tables' changes as their root's"
+                );
+                client
+                    .batch_execute(&format!(
+                        "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                        quote_ident(publication)
+                    ))
+                    .await?;
+            }
             if all_tables || is_all {
                 if all_tables != is_all {
                     return Err(CatalogError::Unusable(format!(
@@ -158,13 +216,7 @@ pub async fn ensure_publication(
                 }
                 return Ok(());
             }
-            let rows = client
-                .query(
-                    "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
-                    &[&publication],
-                )
-                .await?;
-            let published: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            let published = published_tables(client, publication).await?;
             for (table, quoted) in tables.iter().zip(&quoted) {
                 if !published.contains(table) {
                     tracing::info!(publication, table, "adding table to publication");
@@ -213,6 +265,103 @@ pub async fn published_tables_with_keys(
         }
     }
     Ok(tables)
+}
+
+/// Creates the publication of append-only tables if there are any and it is missing
+/// (`publish = 'insert, truncate'`,
+/// so Postgres never asks these tables for a replica identity), adds `tables` it lacks and
+/// takes out the ones it should not have. Returns (whether it exists, whether it was
+/// created just now).
+pub async fn ensure_append_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[String],
+) -> Result<(bool, bool), CatalogError> {
+    let quoted_pub = quote_ident(publication);
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?
+        .is_some();
+    if !exists && tables.is_empty() {
+        // Only when needed: the role may not be allowed to create publications.
+        return Ok((false, false));
+    }
+    if !exists {
+        tracing::info!(
+            publication,
+            "creating the publication of append-only tables"
+        );
+        client
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {quoted_pub} WITH (publish = 'insert, truncate', publish_via_partition_root = true)"
+            ))
+            .await?;
+    }
+    let published = published_tables(client, publication).await?;
+    for table in tables.iter().filter(|t| !published.contains(t)) {
+        tracing::info!(
+            publication,
+            table,
+            "adding append-only table to its publication"
+        );
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {quoted_pub} ADD TABLE {}",
+                quote_table(table)
+            ))
+            .await?;
+    }
+    for table in published.iter().filter(|t| !tables.contains(t)) {
+        remove_from_publication(client, publication, table).await?;
+    }
+    Ok((true, !exists))
+}
+
+/// The tables a publication publishes (`schema.table`; partitioned tables by their root).
+pub async fn published_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<Vec<String>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The partitioned tables among `tables`.
+pub async fn partitioned(client: &Client, tables: &[String]) -> Result<Vec<String>, CatalogError> {
+    let mut roots = Vec::new();
+    for table in tables {
+        let kind: Option<String> = client
+            .query_one(
+                "SELECT (SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1))",
+                &[&quote_table(table)],
+            )
+            .await?
+            .get(0);
+        if kind.as_deref() == Some("p") {
+            roots.push(table.clone());
+        }
+    }
+    Ok(roots)
+}
+
+/// The leaf partitions of a partitioned table now (their OIDs, sorted); empty when it is gone.
+pub async fn partitions(client: &Client, root: &str) -> Result<Vec<u32>, CatalogError> {
+    let rows = client
+        .query(
+            "SELECT relid::oid FROM pg_partition_tree(to_regclass($1))
+              WHERE isleaf ORDER BY 1",
+            &[&quote_table(root)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Takes a table that is no longer configured out of the publication (if it is in it).

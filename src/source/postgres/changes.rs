@@ -11,8 +11,11 @@ use serde_json::Value;
 pub struct TableShape {
     pub collection: String,
     pub columns: Vec<ColumnShape>,
-    /// Indexes into `columns` of the row identity, in key order.
+    /// Indexes into `columns` of the row identity, in key order (empty when `append_only`).
     pub key: Vec<usize>,
+    /// An insert-only table (`append_only = true`): rows need no identity, each gets a
+    /// synthetic key ([`TableShape::synthetic_key`]) from where it came from.
+    pub append_only: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -81,7 +84,35 @@ impl TableShape {
             collection,
             columns,
             key,
+            append_only: false,
         })
+    }
+
+    /// The shape of an insert-only table, whatever its replica identity.
+    pub fn new_append_only(relation: &Relation, value_types: Vec<ValueType>) -> TableShape {
+        TableShape {
+            collection: format!("{}.{}", relation.namespace, relation.name),
+            columns: relation
+                .columns
+                .iter()
+                .zip(value_types)
+                .map(|(c, value_type)| ColumnShape {
+                    name: c.name.clone(),
+                    value_type,
+                })
+                .collect(),
+            key: vec![],
+            append_only: true,
+        }
+    }
+
+    /// An append-only row's key: `{"_row": id}`, where `id` names the row's origin stably
+    /// (`<commit LSN>:<n>` for the n-th streamed row of a transaction, `copy:<table oid>:<ctid>`
+    /// for a copied one), so that a row delivered again after a crash keeps its key.
+    pub fn synthetic_key(id: String) -> Row {
+        let mut key = Row::new();
+        key.insert("_row".into(), Value::String(id));
+        key
     }
 
     pub fn insert(&self, new: &[TupleValue]) -> Result<Change, ShapeError> {

@@ -3,6 +3,7 @@
 
 use super::catalog::{self, quote_ident, quote_table, CatalogError};
 use super::config::PostgresConfig;
+use super::filters;
 use super::replication::ReplicationConnection;
 use crate::check::{CheckResult, Status};
 use tokio_postgres::Client;
@@ -209,8 +210,11 @@ impl Checks<'_> {
         let rows = self
             .client
             .query(
-                "SELECT schemaname || '.' || tablename FROM pg_tables
-                  WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+                "SELECT n.nspname || '.' || c.relname
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+                    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                    AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
                   ORDER BY 1",
                 &[],
             )
@@ -234,25 +238,23 @@ impl Checks<'_> {
     }
 
     async fn table(&self, table: &str, name: &str) -> Result<CheckResult, CatalogError> {
-        if let Some(problem) = catalog::table_key_problem(self.client, table).await? {
+        let needs_key = !self.source.is_append_only(table);
+        if let Some(problem) = catalog::table_problem(self.client, table, needs_key).await? {
             return Ok(self.fail(name, problem.detail, problem.fix));
         }
-        let quoted = quote_table(table);
-        let readable: bool = self
-            .client
-            .query_one("SELECT has_table_privilege($1, 'SELECT')", &[&quoted])
-            .await?
-            .get(0);
-        if !readable {
-            let user: String = self
-                .client
-                .query_one("SELECT current_user::text", &[])
-                .await?
-                .get(0);
-            return Ok(self.fail(
+        if let Some(options) = self.source.table_options.get(table) {
+            let spec = match filters::resolve(self.client, options).await? {
+                Ok(spec) => spec,
+                Err(problem) => return Ok(self.fail(name, problem.detail, problem.fix)),
+            };
+            if let Err(problem) =
+                filters::apply(self.client, table, &spec, filters::Target::DryRun).await?
+            {
+                return Ok(self.fail(name, problem.detail, problem.fix));
+            }
+            return Ok(self.pass(
                 name,
-                format!("role {user} may not SELECT from it (the initial copy reads it)"),
-                format!("GRANT SELECT ON {quoted} TO {};", quote_ident(&user)),
+                "exists, readable, has a key; its columns and where are accepted",
             ));
         }
         Ok(self.pass(name, "exists, readable, has a key"))
@@ -334,7 +336,7 @@ impl Checks<'_> {
             .source
             .tables
             .iter()
-            .filter(|t| !published.contains(t))
+            .filter(|t| !published.contains(t) && !self.source.is_append_only(t))
             .collect();
         if !missing.is_empty() {
             let list: Vec<String> = missing.iter().map(|t| quote_table(t)).collect();

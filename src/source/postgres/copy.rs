@@ -16,17 +16,18 @@
 
 use super::catalog::{self, CatalogError, TypeCache};
 use super::changes::{ShapeError, TableShape};
+use super::filters::TableSpec;
 use super::pgoutput::{Relation, RelationColumn, ReplicaIdentity, TupleValue};
 use super::Lsn;
 use crate::config::split_table_name;
-use crate::log::{Log, LogError};
+use crate::log::{Log, LogError, ReadFrom, RowFilter};
 use crate::record::{Change, TxMeta};
 use crate::source::{CopyState, SourceStatus};
 use crate::telemetry;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -60,6 +61,30 @@ pub enum CopyError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopiedTables {
     pub tables: BTreeSet<String>,
+    /// The columns and row filter each table was copied with ([`TableSpec::to_text`]),
+    /// for those that have any: a table whose spec changed is copied again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub specs: BTreeMap<String, String>,
+    /// Append-only tables: the snapshot position of their copy. The stream's rows of such a
+    /// table committed before it are in the copy (under other synthetic keys): dropped.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub append_from: BTreeMap<String, String>,
+}
+
+impl CopiedTables {
+    /// Whether `table` was copied, with `spec`.
+    pub fn has(&self, table: &str, spec: Option<&TableSpec>) -> bool {
+        let wanted = spec.filter(|s| !s.is_whole()).map(TableSpec::to_text);
+        self.tables.contains(table) && self.specs.get(table) == wanted.as_ref()
+    }
+
+    fn mark_copied(&mut self, table: &str, spec: Option<&TableSpec>) {
+        self.tables.insert(table.to_string());
+        match spec.filter(|s| !s.is_whole()) {
+            Some(spec) => self.specs.insert(table.to_string(), spec.to_text()),
+            None => self.specs.remove(table),
+        };
+    }
 }
 
 impl CopiedTables {
@@ -89,6 +114,8 @@ pub struct CopyTable {
     statement: String,
     /// `pg_class.reltuples`, when the table was ever analyzed.
     estimate: Option<u64>,
+    /// The columns and rows it is copied with.
+    spec: Option<TableSpec>,
 }
 
 /// Reads a table's columns, identity and size from the catalog, as pgoutput would describe it.
@@ -96,6 +123,8 @@ pub async fn describe(
     client: &Client,
     types: &mut TypeCache,
     table: &str,
+    spec: Option<&TableSpec>,
+    append_only: bool,
 ) -> Result<CopyTable, CopyError> {
     let (schema, name) = split_table_name(table)
         .ok_or_else(|| CatalogError::Unusable(format!("table {table:?} is not schema.table")))?;
@@ -136,8 +165,13 @@ pub async fn describe(
     };
     let mut relation_columns = Vec::with_capacity(columns.len());
     let mut value_types = Vec::with_capacity(columns.len());
+    let published = spec.and_then(|s| s.columns.as_ref());
     for column in &columns {
         let name: String = column.get(0);
+        // Only the publication's column list, as the stream's Relation message has it.
+        if published.is_some_and(|list| !list.contains(&name)) {
+            continue;
+        }
         let type_oid: u32 = column.get(1);
         value_types.push(types.resolve(client, type_oid).await?);
         relation_columns.push(RelationColumn {
@@ -152,8 +186,29 @@ pub async fn describe(
         .map(|c| catalog::quote_ident(&c.name))
         .collect();
     let quoted = catalog::quote_table(table);
-    // A partitioned table has no rows of its own: COPY reads its partitions through a query.
-    let statement = if kind == "p" {
+    let row_filter = spec.and_then(|s| s.row_filter.as_ref());
+    // An append-only row's synthetic key comes from where it lies (a leading column).
+    let list = if append_only {
+        let mut with_origin = vec!["tableoid::oid::text || ':' || ctid::text".to_string()];
+        with_origin.extend(list);
+        with_origin
+    } else {
+        list
+    };
+    let kind = if append_only && kind != "p" {
+        // A query: COPY of a table cannot add the origin column.
+        "query".to_string()
+    } else {
+        kind
+    };
+    // A partitioned table has no rows of its own: COPY reads its partitions through a query;
+    // a row filter is a query's too.
+    let statement = if let Some(filter) = row_filter {
+        format!(
+            "COPY (SELECT {} FROM {quoted} WHERE ({filter})) TO STDOUT",
+            list.join(", ")
+        )
+    } else if kind == "p" || kind == "query" {
         format!("COPY (SELECT {} FROM {quoted}) TO STDOUT", list.join(", "))
     } else {
         format!("COPY {quoted} ({}) TO STDOUT", list.join(", "))
@@ -165,10 +220,16 @@ pub async fn describe(
         replica_identity,
         columns: relation_columns,
     };
+    let shape = if append_only {
+        TableShape::new_append_only(&relation, value_types)
+    } else {
+        TableShape::new(&relation, &primary_key, value_types)?
+    };
     Ok(CopyTable {
-        shape: TableShape::new(&relation, &primary_key, value_types)?,
+        shape,
         statement,
         estimate: (reltuples >= 0.0).then_some(reltuples as u64),
+        spec: spec.cloned(),
     })
 }
 
@@ -184,6 +245,10 @@ pub struct Copier {
     pub position: Lsn,
     /// TLS for the copy's query connection, as for the source's other connections.
     pub tls: super::tls::PgTls,
+    /// Tables' column lists and row filters (those that have one).
+    pub specs: Arc<BTreeMap<String, TableSpec>>,
+    /// The append-only tables (rows keyed by their origin).
+    pub append_only: Arc<BTreeSet<String>>,
 }
 
 impl Copier {
@@ -216,13 +281,29 @@ impl Copier {
         let mut types = TypeCache::default();
         let mut tables = Vec::with_capacity(pending.len());
         for table in pending {
-            tables.push(describe(&client, &mut types, table).await?);
+            let append_only = self.append_only.contains(table);
+            tables.push(
+                describe(
+                    &client,
+                    &mut types,
+                    table,
+                    self.specs.get(table),
+                    append_only,
+                )
+                .await?,
+            );
         }
         let estimate: u64 = tables.iter().filter_map(|t| t.estimate).sum();
         let mut progress = Progress::new(self, pending.len(), estimate);
         for table in &tables {
             self.copy_table(&client, table, &mut copied, &mut progress)
                 .await?;
+            // Beside the stream, the table may have been copied before (a copy cut short, a
+            // partition attached or detached): rows it no longer has leave the log.
+            if let Some(floor) = self.floor {
+                self.sweep_stale(&table.shape.collection, floor, &copied)
+                    .await?;
+            }
         }
         client
             .batch_execute("COMMIT")
@@ -265,7 +346,12 @@ impl Copier {
             Ok::<_, CopyError>((last, rows_counter))
         };
         let ((), (last, rows_counter)) = tokio::try_join!(read, write)?;
-        copied.tables.insert(collection);
+        copied.mark_copied(&collection, table.spec.as_ref());
+        if table.shape.append_only {
+            copied
+                .append_from
+                .insert(collection.clone(), self.position.to_string());
+        }
         let written = last.len() as u64;
         self.write(last, copied).await?;
         rows_counter.increment(written);
@@ -291,7 +377,8 @@ impl Copier {
             .await
             .map_err(query_error)?;
         futures_util::pin_mut!(stream);
-        let width = table.shape.columns.len();
+        let append_only = table.shape.append_only;
+        let width = table.shape.columns.len() + usize::from(append_only);
         let mut rows = TextRows::default();
         let mut batch = Vec::with_capacity(ROWS_PER_COMMIT);
         while let Some(chunk) = stream.next().await {
@@ -300,7 +387,11 @@ impl Copier {
                 table: collection.clone(),
                 message,
             })? {
-                batch.push(table.shape.insert(&values)?);
+                batch.push(if append_only {
+                    copied_append_only(&table.shape, values)?
+                } else {
+                    table.shape.insert(&values)?
+                });
                 if batch.len() >= ROWS_PER_COMMIT {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(ROWS_PER_COMMIT));
                     if batches.send(full).await.is_err() {
@@ -316,6 +407,63 @@ impl Copier {
             });
         }
         let _ = batches.send(batch).await;
+        Ok(())
+    }
+
+    /// Deletes the keys of `collection` whose live entry is at or below `floor`: the copy
+    /// rewrote every row of its snapshot and the stream every key it touched since, so what
+    /// is left there is a row the table no longer has. Read a page at a time.
+    async fn sweep_stale(
+        &self,
+        collection: &str,
+        floor: u64,
+        copied: &CopiedTables,
+    ) -> Result<(), CopyError> {
+        #[derive(Deserialize)]
+        struct Entry {
+            op: crate::record::Op,
+            key: Option<crate::record::Row>,
+        }
+        let filter = Arc::new(RowFilter::collections(Some(&[collection.to_string()])));
+        let mut after = 0;
+        let mut swept = 0u64;
+        loop {
+            let page = self
+                .log
+                .page(ReadFrom::Seq(after), filter.clone(), 1000, 1 << 20)
+                .await?;
+            let mut deletes = Vec::new();
+            let mut past_floor = !page.has_more;
+            for entry in &page.entries {
+                if entry.seq > floor {
+                    past_floor = true;
+                    break;
+                }
+                after = entry.seq;
+                let read: Entry = serde_json::from_str(&entry.record).map_err(|e| {
+                    LogError::Corrupt(format!("an entry of {collection} is unreadable: {e}"))
+                })?;
+                if matches!(
+                    read.op,
+                    crate::record::Op::Insert | crate::record::Op::Update
+                ) {
+                    deletes.push(Change {
+                        collection: collection.to_string(),
+                        op: crate::record::Op::Delete,
+                        key: read.key,
+                        ..Change::default()
+                    });
+                }
+            }
+            swept += deletes.len() as u64;
+            self.write(deletes, copied).await?;
+            if past_floor || page.entries.is_empty() {
+                break;
+            }
+        }
+        if swept > 0 {
+            tracing::info!(source = %self.source, collection, rows = swept, "rows no longer in the table deleted");
+        }
         Ok(())
     }
 
@@ -336,6 +484,20 @@ impl Copier {
             .await?;
         Ok(())
     }
+}
+
+/// A copied row of an append-only table: the leading `<table oid>:<ctid>` is its key.
+fn copied_append_only(
+    shape: &TableShape,
+    mut values: Vec<TupleValue>,
+) -> Result<Change, CopyError> {
+    let origin = match values.remove(0) {
+        TupleValue::Text(text) => String::from_utf8_lossy(&text).into_owned(),
+        _ => String::new(),
+    };
+    let mut change = shape.insert(&values)?;
+    change.key = Some(TableShape::synthetic_key(format!("copy:{origin}")));
+    Ok(change)
 }
 
 /// Progress of one copy run, published to `/v1/status`, the metrics and the log output.

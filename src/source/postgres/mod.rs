@@ -12,14 +12,17 @@ pub mod changes;
 pub mod check;
 mod config;
 pub mod copy;
+mod filters;
 pub mod lsn;
+mod partitions;
 mod pg_error;
 pub mod pgoutput;
 pub mod replication;
 mod session;
+mod tables;
 pub mod tls;
 pub mod values;
 
-pub use config::PostgresConfig;
+pub use config::{PostgresConfig, TableOptions};
 pub use lsn::Lsn;
 pub use session::{PostgresSource, SourceError};

@@ -5,17 +5,20 @@ use super::catalog::{self, CatalogError, TypeCache};
 use super::changes::{ShapeError, TableShape};
 use super::config::PostgresConfig;
 use super::copy::{CopiedTables, Copier, CopyError};
+use super::filters::TableSpec;
+use super::partitions::{self, PartitionSets};
 use super::pgoutput::{self, DecodeError, PgOutputMessage, Relation};
 use super::replication::{
     ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream,
 };
+use super::tables;
 use super::tls::PgTls;
 use super::Lsn;
 use crate::log::{Log, LogError, LogTxn};
-use crate::record::{Change, TxMeta};
-use crate::source::{CopyState, ErrorKind, Source, SourceStatus};
+use crate::record::{Change, Op, TxMeta};
+use crate::source::{CopyState, ErrorKind, Freshness, Source, SourceStatus, UnsyncedTable};
 use crate::telemetry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -40,85 +43,13 @@ const SESSION_PARAMS: &[(&str, &str)] = &[
     ("IntervalStyle", "postgres"),
 ];
 
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("source {source_name}: {message}")]
-    Config {
-        source_name: String,
-        message: String,
-    },
-    #[error("catalog: {0}")]
-    Catalog(#[from] CatalogError),
-    #[error("replication connection: {0}")]
-    Replication(#[from] ReplicationError),
-    #[error("pgoutput: {0}")]
-    Decode(#[from] DecodeError),
-    #[error("{0}")]
-    Shape(#[from] ShapeError),
-    #[error("log: {0}")]
-    Log(#[from] LogError),
-    #[error("initial copy: {0}")]
-    Copy(#[from] CopyError),
-    #[error("the initial copy task failed: {0}")]
-    CopyTask(String),
-    #[error("unexpected replication message: {0}")]
-    Protocol(String),
-    #[error("the server ended the replication stream")]
-    StreamEnded,
-    #[error(
-        "no answer from Postgres within {after:?} while {what}: the connection looks dead \
-         (dropped by the network?); reconnecting (see replication_timeout)"
-    )]
-    Timeout { what: &'static str, after: Duration },
-}
+mod error;
+mod open;
+mod source;
 
-/// Bounds one network step: a connection the network dropped silently never answers.
-async fn bounded<T, E: Into<SourceError>>(
-    limit: Duration,
-    what: &'static str,
-    step: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, SourceError> {
-    match tokio::time::timeout(limit, step).await {
-        Ok(result) => result.map_err(Into::into),
-        Err(_) => Err(SourceError::Timeout { what, after: limit }),
-    }
-}
-
-impl SourceError {
-    /// Errors that retrying cannot fix stop the relay; a login or privilege the server
-    /// refuses is the operator's to fix, and said so while it is retried.
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            SourceError::Config { .. }
-            | SourceError::Copy(CopyError::Shape(_))
-            | SourceError::Catalog(CatalogError::Unusable(_)) => ErrorKind::Fatal,
-            SourceError::Log(e) if e.is_fatal() => ErrorKind::Fatal,
-            _ if self
-                .sqlstate()
-                .is_some_and(super::pg_error::is_configuration) =>
-            {
-                ErrorKind::Config
-            }
-            SourceError::Replication(ReplicationError::Auth(_)) => ErrorKind::Config,
-            _ => ErrorKind::Retry,
-        }
-    }
-
-    /// The server's SQLSTATE, when the server refused something.
-    pub fn sqlstate(&self) -> Option<&str> {
-        match self {
-            SourceError::Catalog(CatalogError::Query(e)) => super::pg_error::sqlstate(e),
-            SourceError::Copy(CopyError::Query { source, .. } | CopyError::Snapshot(source)) => {
-                super::pg_error::sqlstate(source)
-            }
-            SourceError::Copy(CopyError::Catalog(CatalogError::Query(e))) => {
-                super::pg_error::sqlstate(e)
-            }
-            SourceError::Replication(e) => e.sqlstate(),
-            _ => None,
-        }
-    }
-}
+use error::bounded;
+pub use error::SourceError;
+use source::{wait_for_copy, CopyTask};
 
 pub struct PostgresSource {
     name: Arc<str>,
@@ -128,6 +59,9 @@ pub struct PostgresSource {
     publication: String,
     tables: Vec<String>,
     all_tables: bool,
+    config: PostgresConfig,
+    /// The tables' column lists and row filters as the last session resolved them.
+    specs: std::sync::Mutex<Arc<BTreeMap<String, TableSpec>>>,
     /// How long a connection may stay silent (see `SourceConfig::replication_timeout`).
     timeout: Duration,
     log: Log,
@@ -144,6 +78,8 @@ impl PostgresSource {
             name: config.name.clone(),
             kind: "postgres",
             slot: Some(config.slot.clone()),
+            // Not connected yet: what upstream holds is not known to be in the log.
+            behind_since_ms: Some(crate::source::now_ms()),
             ..SourceStatus::default()
         };
         Ok(PostgresSource {
@@ -155,6 +91,8 @@ impl PostgresSource {
             all_tables: config.all_tables,
             timeout: config.replication_timeout,
             tables: config.tables.clone(),
+            config: config.clone(),
+            specs: Default::default(),
             log,
             status: Arc::new(watch::channel(status).0),
         })
@@ -206,6 +144,9 @@ impl Source for PostgresSource {
 /// The upstream transaction being received.
 struct Upstream {
     meta: Arc<TxMeta>,
+    final_lsn: Lsn,
+    /// Rows of append-only tables so far in this transaction (their synthetic keys).
+    append_rows: u64,
     buffer: Vec<Change>,
     /// Already in the log (Postgres resent it after a restart).
     skip: bool,
@@ -237,185 +178,25 @@ struct Session<'a> {
     copy_task: Option<CopyTask>,
     /// When the replication connection last delivered a message.
     heard: Instant,
+    /// The synced partitioned tables' partitions as last seen (watched for attach/detach).
+    partitions: PartitionSets,
+    /// Tables whose columns or row filter changed at this start: their changes committed
+    /// before this position carry the old spec and are dropped (the copy covers them).
+    respec: HashMap<String, Lsn>,
+    /// Since when the log lacks something upstream committed (`lag_ms` for clients).
+    fresh: Freshness,
+    /// The append-only tables wait until the slot has passed this position (their
+    /// publication was created after it): the session then reconnects to stream them.
+    append_wait: Option<Lsn>,
 }
 
 impl<'a> Session<'a> {
-    async fn open(source: &'a PostgresSource) -> Result<Session<'a>, SourceError> {
-        // Every network step but the slot's creation and the copy (both may rightly take
-        // long) is bounded, so a connection lost in a network black hole is given up.
-        let limit = source.timeout;
-        let client = bounded(limit, "connecting", async {
-            catalog::connect_tls(&source.pg_config, &source.tls)
-                .await
-                .map_err(CatalogError::from)
-        })
-        .await?;
-        let tables = bounded(
-            limit,
-            "checking the server, tables and publication",
-            async {
-                catalog::check_wal_level(&client).await?;
-                catalog::check_tables(&client, &source.tables).await?;
-                catalog::ensure_publication(
-                    &client,
-                    &source.publication,
-                    &source.tables,
-                    source.all_tables,
-                )
-                .await?;
-                if source.all_tables {
-                    catalog::published_tables_with_keys(&client, &source.publication).await
-                } else {
-                    Ok(source.tables.clone())
-                }
-            },
-        )
-        .await?;
-
-        let mut stored = source.log.position(&source.name).await?;
-        let copied = match source
-            .log
-            .position(&CopiedTables::key(&source.name))
-            .await?
-        {
-            Some(text) => Some(CopiedTables::parse(&text)?),
-            None => None,
-        };
-
-        let (mut conn, system) = bounded(limit, "opening the replication connection", async {
-            let mut conn =
-                ReplicationConnection::connect_tls(&source.pg_config, &source.tls, SESSION_PARAMS)
-                    .await?;
-            let system = conn.identify_system().await?;
-            Ok::<_, ReplicationError>((conn, system))
-        })
-        .await?;
-        source.status.send_modify(|s| {
-            s.connected = true;
-            s.upstream_position = Some(system.xlog_pos.to_string());
-        });
-        let slot = bounded(
-            limit,
-            "reading the slot's state",
-            catalog::slot_state(&client, &source.slot),
-        )
-        .await?;
-        if let Some(plugin) = slot.as_ref().and_then(|s| s.plugin.as_deref()) {
-            if plugin != "pgoutput" {
-                return Err(SourceError::Config {
-                    source_name: source.name.to_string(),
-                    message: format!(
-                        "replication slot {} exists but uses plugin {plugin:?}, not pgoutput: drop it or configure another slot name",
-                        source.slot
-                    ),
-                });
-            }
-        }
-        let lost = match &slot {
-            None => Some("missing"),
-            Some(slot) if slot.wal_status.as_deref() == Some("lost") => Some(
-                "invalidated (Postgres removed WAL it still needed, see max_slot_wal_keep_size)",
-            ),
-            Some(_) => None,
-        };
-        let mut copy_task = None;
-        if let Some(state) = lost {
-            if stored.is_some() || copied.is_some() || source.has_entries().await? {
-                start_over(source, state, stored.as_deref()).await?;
-                stored = None;
-            }
-            if slot.is_some() {
-                catalog::drop_slot(&client, &source.slot).await?;
-            }
-            // First start: the new slot's snapshot is the copy's, and streaming starts where
-            // the snapshot ends.
-            let created = conn.create_logical_slot(&source.slot, true).await?;
-            tracing::info!(source = %source.name, slot = %source.slot, consistent_point = %created.consistent_point, "created replication slot");
-            let snapshot = created.snapshot_name.clone().ok_or_else(|| {
-                SourceError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
-            })?;
-            let copier = source.copier(created.consistent_point, false);
-            copier
-                .run(
-                    &source.pg_config,
-                    SESSION_PARAMS,
-                    &snapshot,
-                    &tables,
-                    CopiedTables::default(),
-                )
-                .await?;
-        } else {
-            let done = copied.unwrap_or_default();
-            let done = source.forget_removed_tables(&client, &tables, done).await?;
-            let pending: Vec<String> = tables
-                .iter()
-                .filter(|t| !done.tables.contains(*t))
-                .cloned()
-                .collect();
-            if pending.is_empty() {
-                source
-                    .status
-                    .send_modify(|s| s.initial_copy.state = CopyState::Done);
-            } else {
-                copy_task = Some(source.copy_beside_stream(pending, done));
-            }
-        }
-
-        let durable = match &stored {
-            Some(text) => text.parse::<Lsn>().map_err(|e| SourceError::Config {
-                source_name: source.name.to_string(),
-                message: format!("the log holds an unreadable position: {e}"),
-            })?,
-            None => Lsn(0),
-        };
-        let publication = source.publication.clone();
-        let stream = bounded(
-            limit,
-            "starting replication",
-            conn.start_logical_replication(
-                &source.slot,
-                durable,
-                &[("proto_version", "1"), ("publication_names", &publication)],
-            ),
-        )
-        .await?;
-        tracing::info!(
-            source = %source.name, slot = %source.slot, from = %durable, server_wal = %system.xlog_pos,
-            "streaming changes"
-        );
-        source.status.send_modify(|s| {
-            s.connected = true;
-            s.last_error = None;
-            s.position = stored.clone();
-            s.upstream_position = Some(system.xlog_pos.to_string());
-            s.lag_bytes = Some(system.xlog_pos.0.saturating_sub(durable.0));
-        });
-        Ok(Session {
-            source,
-            client,
-            stream,
-            types: TypeCache::default(),
-            tables: HashMap::new(),
-            ingested: HashMap::new(),
-            synced: source.tables.iter().cloned().collect(),
-            ack: AckTracker::new(durable),
-            durable,
-            upstream: None,
-            local: None,
-            local_changes: 0,
-            local_started: None,
-            pending_end: None,
-            upstream_end: system.xlog_pos,
-            copy_task,
-            heard: Instant::now(),
-        })
-    }
-
     async fn stream_changes(
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), SourceError> {
         let mut status_timer = tokio::time::interval(STATUS_INTERVAL.min(self.source.timeout / 4));
+        let mut partition_timer = tokio::time::interval(partitions::POLL_EVERY);
         loop {
             // Work through what has already arrived before touching the network: a burst of
             // upstream transactions becomes one local commit.
@@ -439,6 +220,7 @@ impl<'a> Session<'a> {
                     None => return Err(SourceError::StreamEnded),
                 },
                 _ = status_timer.tick() => self.keep_alive().await?,
+                _ = partition_timer.tick(), if !self.partitions.is_empty() => self.watch_partitions().await?,
                 copied = wait_for_copy(&mut self.copy_task) => {
                     self.copy_task = None;
                     let copied = copied?;
@@ -446,6 +228,49 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    /// A partition attached or detached changes the root's rows without row changes: copy
+    /// the root again beside the stream (one copy at a time; a change seen meanwhile waits).
+    async fn watch_partitions(&mut self) -> Result<(), SourceError> {
+        if self.copy_task.is_some() {
+            return Ok(());
+        }
+        let now = bounded(
+            self.source.timeout,
+            "reading partitions",
+            self.partitions.reread(&self.client),
+        )
+        .await?;
+        let changed = now.changed_since(&self.partitions);
+        if changed.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(source = %self.source.name, tables = ?changed, "partitions attached or detached: copying those tables again");
+        let copied = match self
+            .source
+            .log
+            .position(&CopiedTables::key(&self.source.name))
+            .await?
+        {
+            Some(text) => CopiedTables::parse(&text)?,
+            None => CopiedTables::default(),
+        };
+        let (task, snapshot_at) = self
+            .source
+            .copy_beside_stream(changed.clone(), copied, now.clone())
+            .await?;
+        self.copy_task = Some(task);
+        if let Some(at) = snapshot_at {
+            for table in changed
+                .iter()
+                .filter(|t| self.source.config.is_append_only(t))
+            {
+                self.respec.insert(table.clone(), at);
+            }
+        }
+        self.partitions = now;
+        Ok(())
     }
 
     fn group_is_full(&self) -> bool {
@@ -459,6 +284,20 @@ impl<'a> Session<'a> {
     /// on an idle slot we have acknowledged, so after half the timeout in silence we ask it
     /// to answer, and after the whole timeout we give the connection up.
     async fn keep_alive(&mut self) -> Result<(), SourceError> {
+        if let Some(from) = self.append_wait {
+            if self.upstream.is_none() && self.ack.flushed() >= from {
+                self.commit_local().await?;
+                self.send_status(false).await?;
+                return Err(SourceError::Rejoin);
+            }
+        }
+        if self.upstream.is_none()
+            && self.pending_end.is_none()
+            && self.ack.flushed() >= self.upstream_end
+        {
+            // An idle, caught-up slot may get no keepalive for long.
+            self.fresh.caught_up(&self.source.status);
+        }
         let limit = self.source.timeout;
         let silent = self.heard.elapsed();
         if silent >= limit {
@@ -514,6 +353,12 @@ impl<'a> Session<'a> {
                     )));
                 }
                 self.ack.on_begin();
+                if final_lsn >= self.durable {
+                    // µs since 2000-01-01 → Unix ms.
+                    let unix_ms = commit_time / 1000 + 946_684_800_000;
+                    self.fresh
+                        .behind(&self.source.status, u64::try_from(unix_ms).unwrap_or(0));
+                }
                 self.upstream = Some(Upstream {
                     meta: Arc::new(TxMeta {
                         source: self.source.name.clone(),
@@ -521,6 +366,8 @@ impl<'a> Session<'a> {
                         id: xid.to_string(),
                         position: final_lsn.to_string(),
                     }),
+                    final_lsn,
+                    append_rows: 0,
                     buffer: Vec::new(),
                     // A commit that starts before the stored end is at or before it: logged.
                     skip: final_lsn < self.durable,
@@ -594,10 +441,28 @@ impl<'a> Session<'a> {
             },
         )
         .await?;
-        let shape = match TableShape::new(&relation, &primary_key, value_types) {
+        let shape = match TableShape::new(&relation, &primary_key, value_types.clone()) {
+            _ if self.source.config.is_append_only(&collection) => {
+                Some(TableShape::new_append_only(&relation, value_types))
+            }
             Ok(shape) => Some(shape),
             Err(e @ ShapeError::NoKey(..)) if self.source.all_tables => {
                 tracing::warn!(source = %self.source.name, error = %e, "skipping a table without a key");
+                None
+            }
+            // Its key went away while streaming: this table stops, the others flow on.
+            Err(ShapeError::NoKey(table, identity)) => {
+                let problem = catalog::TableProblem {
+                    detail: format!(
+                        "table {table} lost its key while streaming (no primary key, REPLICA IDENTITY {identity})"
+                    ),
+                    fix: format!(
+                        "add a primary key or run ALTER TABLE {} REPLICA IDENTITY FULL, then restart the relay",
+                        catalog::quote_table(&table)
+                    ),
+                    table,
+                };
+                self.source.report_unsynced_more(&problem);
                 None
             }
             Err(e) => return Err(e.into()),
@@ -633,7 +498,25 @@ impl<'a> Session<'a> {
             ))
         })?;
         let Some(table) = table else { return Ok(()) };
-        let changes = make(table)?;
+        if self
+            .respec
+            .get(&table.collection)
+            .is_some_and(|until| upstream.final_lsn < *until)
+        {
+            return Ok(());
+        }
+        let mut changes = make(table)?;
+        if table.append_only {
+            // Only inserts and truncates are published for it; each row keyed by its origin.
+            changes.retain(|c| matches!(c.op, Op::Insert | Op::Truncate));
+            for change in changes.iter_mut().filter(|c| c.op == Op::Insert) {
+                upstream.append_rows += 1;
+                change.key = Some(TableShape::synthetic_key(format!(
+                    "{}:{}",
+                    upstream.final_lsn, upstream.append_rows
+                )));
+            }
+        }
         if let Some(counter) = self.ingested.get(&relation_id) {
             counter.increment(changes.len() as u64);
         }
@@ -681,6 +564,8 @@ impl<'a> Session<'a> {
         self.local_started = None;
         self.durable = end;
         self.ack.on_durable(end);
+        let more = self.upstream.is_some() || self.upstream_end > self.ack.flushed();
+        self.fresh.committed(&self.source.status, more);
         self.publish_progress();
         self.send_status(false).await
     }
@@ -719,7 +604,13 @@ impl<'a> Session<'a> {
     }
 
     /// Publishes position and lag to `/v1/status` and the metrics (on commits and keepalives).
-    fn publish_progress(&self) {
+    fn publish_progress(&mut self) {
+        if self.upstream.is_none() && self.ack.flushed() >= self.upstream_end {
+            self.fresh.caught_up(&self.source.status);
+        } else {
+            self.fresh
+                .behind(&self.source.status, crate::source::now_ms());
+        }
         let lag = self.upstream_end.0.saturating_sub(self.durable.0);
         let (durable, upstream_end) = (self.durable, self.upstream_end);
         self.source.status.send_modify(|s| {
@@ -731,135 +622,5 @@ impl<'a> Session<'a> {
         });
         metrics::gauge!(telemetry::REPLICATION_LAG_BYTES, "source" => self.source.name.to_string())
             .set(lag as f64);
-    }
-}
-
-impl PostgresSource {
-    /// A copier for the first start (`beside_stream = false`: nothing else writes this source
-    /// meanwhile) or for a copy beside the running stream (its floor is the log's head now).
-    fn copier(&self, position: Lsn, beside_stream: bool) -> Copier {
-        Copier {
-            source: self.name.clone(),
-            log: self.log.clone(),
-            status: self.status.clone(),
-            floor: beside_stream.then(|| *self.log.head().borrow()),
-            position,
-            tls: self.tls.clone(),
-        }
-    }
-
-    async fn has_entries(&self) -> Result<bool, SourceError> {
-        Ok(self.log.has_entries_of(&self.name).await?)
-    }
-
-    /// Tables copied earlier but no longer configured: their entries leave the log and the
-    /// table leaves the publication, so they stop being served.
-    async fn forget_removed_tables(
-        &self,
-        client: &tokio_postgres::Client,
-        tables: &[String],
-        mut copied: CopiedTables,
-    ) -> Result<CopiedTables, SourceError> {
-        let removed: Vec<String> = copied
-            .tables
-            .iter()
-            .filter(|t| !tables.contains(t))
-            .cloned()
-            .collect();
-        if removed.is_empty() {
-            return Ok(copied);
-        }
-        if !self.all_tables {
-            for table in &removed {
-                catalog::remove_from_publication(client, &self.publication, table).await?;
-            }
-        }
-        let mut txn = self.log.begin().await?;
-        for table in &removed {
-            tracing::info!(source = %self.name, table, "table is no longer configured: removing its entries from the log");
-            txn.remove_collection(table).await?;
-            copied.tables.remove(table);
-        }
-        txn.commit(&CopiedTables::key(&self.name), copied.to_json())
-            .await?;
-        Ok(copied)
-    }
-
-    /// Copies `pending` from a temporary slot's snapshot while the permanent slot streams.
-    fn copy_beside_stream(&self, pending: Vec<String>, copied: CopiedTables) -> CopyTask {
-        let floor_copier = self.copier(Lsn(0), true);
-        let pg_config = self.pg_config.clone();
-        let tls = self.tls.clone();
-        // Temporary slots vanish with their connection; the name only has to be unique now.
-        let temporary = format!(
-            "{}_copy_{}_{}",
-            self.slot,
-            std::process::id(),
-            rand::random::<u16>()
-        );
-        let handle = tokio::spawn(async move {
-            let mut conn =
-                ReplicationConnection::connect_tls(&pg_config, &tls, SESSION_PARAMS).await?;
-            let created = conn.create_temporary_snapshot_slot(&temporary).await?;
-            let snapshot = created.snapshot_name.clone().ok_or_else(|| {
-                SourceError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
-            })?;
-            let copier = Copier {
-                position: created.consistent_point,
-                ..floor_copier
-            };
-            let copied = copier
-                .run(&pg_config, SESSION_PARAMS, &snapshot, &pending, copied)
-                .await?;
-            // Keeps the snapshot's slot alive until the copy is done.
-            drop(conn);
-            Ok(copied)
-        });
-        CopyTask(handle)
-    }
-}
-
-/// The upstream history this source was built from is gone: say so loudly, forget what the log
-/// holds of it (every client cursor expires), and let the caller copy everything again.
-async fn start_over(
-    source: &PostgresSource,
-    state: &str,
-    stored: Option<&str>,
-) -> Result<(), SourceError> {
-    let message = format!(
-        "replication slot {} is {state}, so the changes after position {} can no longer be read: \
-         starting over with a new copy of every table; clients' cursors expire (410) and they \
-         must sync again from the beginning",
-        source.slot,
-        stored.unwrap_or("(copy in progress)")
-    );
-    tracing::error!(source = %source.name, "{message}");
-    metrics::counter!(telemetry::SOURCE_RESETS, "source" => source.name.to_string()).increment(1);
-    let mark = source.log.reset_source(&source.name).await?;
-    tracing::warn!(source = %source.name, expired_before = mark, "log entries of this source removed; cursors expired");
-    source.status.send_modify(|s| {
-        s.last_error = Some(message);
-        s.position = None;
-    });
-    Ok(())
-}
-
-/// A copy task that stops when its session ends.
-struct CopyTask(tokio::task::JoinHandle<Result<CopiedTables, SourceError>>);
-
-impl Drop for CopyTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Waits for the copy task when there is one, forever otherwise (a `select!` branch).
-async fn wait_for_copy(task: &mut Option<CopyTask>) -> Result<CopiedTables, SourceError> {
-    match task {
-        Some(task) => match (&mut task.0).await {
-            Ok(result) => result,
-            Err(e) => Err(SourceError::CopyTask(e.to_string())),
-        },
-        None => std::future::pending().await,
     }
 }
