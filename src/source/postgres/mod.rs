@@ -19,6 +19,7 @@ pub mod replication;
 mod session;
 pub mod tls;
 pub mod values;
+pub mod write;
 
 pub use config::PostgresConfig;
 pub use lsn::Lsn;
