@@ -515,7 +515,10 @@ impl Config {
 /// What the types of `[collections."…".write]` cannot check.
 fn validate_write(write: &WriteConfig) -> Result<(), String> {
     if write.conflict == ConflictPolicy::LastWriteWins && write.lww_column.is_none() {
-        return Err("write.conflict = \"last_write_wins\" needs write.lww_column = \"<timestamp column>\"".into());
+        return Err(
+            "write.conflict = \"last_write_wins\" needs write.lww_column = \"<timestamp column>\""
+                .into(),
+        );
     }
     for (claim, values) in &write.claims {
         if values.is_empty() {

@@ -21,7 +21,11 @@ impl Access {
     /// What `claims` may write to `collection`. Without auth (`auth.mode = "none"`) claims and
     /// scopes are ignored, as for reads; the collection still needs a `write` section.
     pub fn write_grant(&self, collection: &str, claims: Option<&Claims>) -> WriteGrant {
-        let Some(rules) = self.collections.get(collection).and_then(|c| c.write.as_ref()) else {
+        let Some(rules) = self
+            .collections
+            .get(collection)
+            .and_then(|c| c.write.as_ref())
+        else {
             return WriteGrant::Denied(format!(
                 "writes to {collection:?} are not enabled: add [collections.\"{collection}\".write] to the config"
             ));
@@ -38,7 +42,10 @@ impl Access {
             ));
         }
         for (claim, accepted) in &rules.claims {
-            if !claims.get(claim).is_some_and(|v| claim_matches(v, accepted)) {
+            if !claims
+                .get(claim)
+                .is_some_and(|v| claim_matches(v, accepted))
+            {
                 return WriteGrant::Denied(format!(
                     "the token's {claim:?} claim does not allow writing {collection:?}"
                 ));

@@ -45,7 +45,9 @@ pub fn parse(bytes: &[u8]) -> Result<Body, ApiError> {
         ))
     })?;
     let Value::Object(mut top) = value else {
-        return Err(bad("the body must be a JSON object: {\"mutations\": [...]}"));
+        return Err(bad(
+            "the body must be a JSON object: {\"mutations\": [...]}",
+        ));
     };
     let mutations = match top.remove("mutations") {
         Some(Value::Array(items)) => items,
@@ -137,8 +139,14 @@ fn mutation(index: usize, item: Value) -> Result<RawMutation, ApiError> {
         _ => return Err(at("op", "must be \"insert\", \"update\" or \"delete\"")),
     };
     let at_time = text("at", false)?;
-    if at_time.as_ref().is_some_and(|t| t.is_empty() || t.len() > 64) {
-        return Err(at("at", "must be an RFC 3339 time, e.g. \"2026-11-21T10:00:00Z\""));
+    if at_time
+        .as_ref()
+        .is_some_and(|t| t.is_empty() || t.len() > 64)
+    {
+        return Err(at(
+            "at",
+            "must be an RFC 3339 time, e.g. \"2026-11-21T10:00:00Z\"",
+        ));
     }
     let mut object = |name: &str| match fields.remove(name) {
         Some(Value::Object(map)) => Ok(Some(map)),
@@ -154,7 +162,7 @@ fn mutation(index: usize, item: Value) -> Result<RawMutation, ApiError> {
             "is not a mutation field: use id, collection, op, key, value, if and at",
         ));
     }
-    let empty = |m: &Option<Map<String, Value>>| m.as_ref().is_none_or(Map::is_empty);
+    let empty = |m: &Option<Map<String, Value>>| m.as_ref().map_or(true, Map::is_empty);
     match op {
         MutationOp::Insert if empty(&value) => {
             return Err(at("value", "an insert needs the row's columns"))

@@ -54,7 +54,10 @@ pub(super) async fn mutations(
             "writes are refused while auth.mode = \"none\": configure JWT auth, or set [writes] allow_unauthenticated = true (loopback only)",
         ));
     }
-    let max_body = options.limits.as_ref().map_or(DEFAULT_MAX_BODY, |l| l.max_body);
+    let max_body = options
+        .limits
+        .as_ref()
+        .map_or(DEFAULT_MAX_BODY, |l| l.max_body);
     let bytes = axum::body::to_bytes(request.into_body(), max_body)
         .await
         .map_err(|_| {
@@ -80,7 +83,10 @@ pub(super) async fn mutations(
         .mutations
         .into_iter()
         .map(|m| {
-            let permit = match options.access.write_grant(&m.collection, caller.claims.as_ref()) {
+            let permit = match options
+                .access
+                .write_grant(&m.collection, caller.claims.as_ref())
+            {
                 WriteGrant::Denied(why) => Permit::Denied(why),
                 WriteGrant::Allowed { rules, scope } => Permit::Allowed {
                     rules,
@@ -105,17 +111,19 @@ pub(super) async fn mutations(
             .clone()
             .or_else(|| address.map(|a| format!("ip:{a}")))
             .unwrap_or_else(|| "anonymous".to_string()),
-        claims: caller.claims.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
+        claims: caller
+            .claims
+            .as_ref()
+            .map(|c| c.0.clone())
+            .unwrap_or_default(),
     };
     // Its own task: a client that hangs up must not cut a transaction short.
     let task_writer = writer.clone();
     let atomic = body.atomic;
-    let applied = tokio::spawn(async move {
-        task_writer.apply(&author, &mutations, atomic).await
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("the write task failed: {e}")))?
-    .map_err(write_error)?;
+    let applied = tokio::spawn(async move { task_writer.apply(&author, &mutations, atomic).await })
+        .await
+        .map_err(|e| ApiError::internal(format!("the write task failed: {e}")))?
+        .map_err(write_error)?;
 
     let visible = match applied.mark {
         Some(mark) => writer.wait_visible(mark, body.wait).await,
@@ -153,7 +161,11 @@ pub(super) async fn mutations(
     }
     out["cursor"] = Value::String(shared.cursor(seq));
     out["visible"] = Value::Bool(visible);
-    Ok(([(header::CONTENT_TYPE, "application/json")], out.to_string()).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        out.to_string(),
+    )
+        .into_response())
 }
 
 /// The one writer holding every collection of the batch.
@@ -203,9 +215,11 @@ fn write_error(e: WriteError) -> ApiError {
         WriteError::UnknownColumn { .. } => {
             ApiError::new(StatusCode::NOT_FOUND, "unknown_column", message)
         }
-        WriteError::Unavailable(_) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "source_unavailable", message)
-                .retry_after(1)
-        }
+        WriteError::Unavailable(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "source_unavailable",
+            message,
+        )
+        .retry_after(1),
     }
 }

@@ -115,7 +115,10 @@ mod tests {
         assert!(to_text(int, &json!("x")).is_err());
         assert!(to_text(int, &json!(1.5)).is_err());
         let bytes = ValueType::Scalar(oid::BYTEA);
-        assert_eq!(to_text(bytes, &json!("AAH/")).unwrap().unwrap(), "\\x0001ff");
+        assert_eq!(
+            to_text(bytes, &json!("AAH/")).unwrap().unwrap(),
+            "\\x0001ff"
+        );
         let jsonb = ValueType::Scalar(oid::JSONB);
         assert_eq!(to_text(jsonb, &json!("s")).unwrap().unwrap(), "\"s\"");
         let texts = ValueType::Array {

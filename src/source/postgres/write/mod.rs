@@ -72,7 +72,9 @@ impl PgWriter {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(PURGE_EVERY).await;
-                let Some(writer) = writer.upgrade() else { return };
+                let Some(writer) = writer.upgrade() else {
+                    return;
+                };
                 if writer.ledger_ready.get().is_none() {
                     continue;
                 }
@@ -86,8 +88,12 @@ impl PgWriter {
                     Err(e) => Err(e),
                 };
                 match purged {
-                    Ok(n) => tracing::debug!(source = %writer.name, purged = n, "expired mutation ids purged"),
-                    Err(e) => tracing::warn!(source = %writer.name, error = %e, "purging expired mutation ids failed"),
+                    Ok(n) => {
+                        tracing::debug!(source = %writer.name, purged = n, "expired mutation ids purged")
+                    }
+                    Err(e) => {
+                        tracing::warn!(source = %writer.name, error = %e, "purging expired mutation ids failed")
+                    }
                 }
             }
         });
@@ -99,7 +105,12 @@ impl PgWriter {
         index: usize,
         collection: &str,
     ) -> Result<Arc<Table>, WriteError> {
-        if let Some(table) = self.shapes.lock().unwrap_or_else(|e| e.into_inner()).get(collection) {
+        if let Some(table) = self
+            .shapes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(collection)
+        {
             return Ok(table.clone());
         }
         let table = Table::load(client, collection)
@@ -138,7 +149,9 @@ impl PgWriter {
         }
         let mut planned = Vec::with_capacity(mutations.len());
         for (index, mutation) in mutations.iter().enumerate() {
-            let table = self.shape(conn.client(), index, &mutation.collection).await?;
+            let table = self
+                .shape(conn.client(), index, &mutation.collection)
+                .await?;
             planned.push(Planned {
                 mutation,
                 plan: plan::plan(index, mutation, table)?,
@@ -158,7 +171,10 @@ impl PgWriter {
                 .is_some_and(|c| matches!(c, "42703" | "42804" | "42P01" | "0A000"))
         });
         if stale_shape {
-            self.shapes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            self.shapes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
         }
         let mark = if results.iter().any(|r| r.status.is_applied()) {
             // At or after the commit of every mutation applied now or found applied.
@@ -168,9 +184,9 @@ impl PgWriter {
                 .await
                 .map_err(unavailable)?;
             let text: String = row.get(0);
-            let lsn: Lsn = text
-                .parse()
-                .map_err(|e| WriteError::Unavailable(format!("the server's WAL position {text:?}: {e}")))?;
+            let lsn: Lsn = text.parse().map_err(|e| {
+                WriteError::Unavailable(format!("the server's WAL position {text:?}: {e}"))
+            })?;
             Some(CommitMark(lsn.0))
         } else {
             None

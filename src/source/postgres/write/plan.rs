@@ -67,8 +67,12 @@ pub fn plan(index: usize, m: &Mutation, table: Arc<Table>) -> Result<Plan, Write
     };
     let text_of = |field: &str, column: usize, value: &Value| {
         let c = &table.columns[column];
-        to_text(c.value_type, value)
-            .map_err(|why| invalid(format!("{field}.{}", c.name), format!("{} ({})", why, c.sql_type)))
+        to_text(c.value_type, value).map_err(|why| {
+            invalid(
+                format!("{field}.{}", c.name),
+                format!("{} ({})", why, c.sql_type),
+            )
+        })
     };
     // Relay-managed columns must exist.
     let version = rules
@@ -91,7 +95,8 @@ pub fn plan(index: usize, m: &Mutation, table: Arc<Table>) -> Result<Plan, Write
     if table.key.is_empty() && m.op != MutationOp::Insert {
         return Err(invalid(
             "key".into(),
-            "the table has no primary key or replica identity index, so rows cannot be named".into(),
+            "the table has no primary key or replica identity index, so rows cannot be named"
+                .into(),
         ));
     }
 
@@ -102,7 +107,11 @@ pub fn plan(index: usize, m: &Mutation, table: Arc<Table>) -> Result<Plan, Write
         let writable = table.is_key(column)
             || Some(column) == version
             || Some(column) == lww
-            || rules.columns.as_ref().is_none_or(|cs| cs.iter().any(|c| c == name));
+            || scope.as_ref().is_some_and(|s| &s.column == name)
+            || rules
+                .columns
+                .as_ref()
+                .map_or(true, |cs| cs.iter().any(|c| c == name));
         if !writable {
             return Ok(Plan::Denied(format!(
                 "column {name:?} of {:?} is not writable (write.columns)",
@@ -130,7 +139,12 @@ pub fn plan(index: usize, m: &Mutation, table: Arc<Table>) -> Result<Plan, Write
     let key: Vec<(usize, Option<String>)> = match m.op {
         MutationOp::Insert => Vec::new(),
         MutationOp::Update | MutationOp::Delete => {
-            let given = m.key.as_ref().ok_or_else(|| invalid("key".into(), "required for update and delete: the row's key columns".into()))?;
+            let given = m.key.as_ref().ok_or_else(|| {
+                invalid(
+                    "key".into(),
+                    "required for update and delete: the row's key columns".into(),
+                )
+            })?;
             for name in given.keys() {
                 if !table.is_key(column_of("key", name)?) {
                     return Err(invalid(format!("key.{name}"), "is not a key column".into()));
@@ -140,7 +154,10 @@ pub fn plan(index: usize, m: &Mutation, table: Arc<Table>) -> Result<Plan, Write
             for &k in &table.key {
                 let name = &table.columns[k].name;
                 let value = given.get(name).filter(|v| !v.is_null()).ok_or_else(|| {
-                    invalid(format!("key.{name}"), "missing: give every key column".into())
+                    invalid(
+                        format!("key.{name}"),
+                        "missing: give every key column".into(),
+                    )
                 })?;
                 key.push((k, text_of("key", k, value)?));
             }
@@ -167,7 +184,9 @@ pub fn plan(index: usize, m: &Mutation, table: Arc<Table>) -> Result<Plan, Write
         MutationOp::Insert => {
             let mut columns: Vec<(usize, Option<String>)> = values
                 .into_iter()
-                .filter(|(c, _)| Some(*c) != scope.as_ref().map(|s| s.0) && Some(*c) != at.as_ref().map(|a| a.0))
+                .filter(|(c, _)| {
+                    Some(*c) != scope.as_ref().map(|s| s.0) && Some(*c) != at.as_ref().map(|a| a.0)
+                })
                 .collect();
             if let Some((column, value)) = &scope {
                 columns.push((*column, Some(value.clone())));
@@ -178,7 +197,10 @@ pub fn plan(index: usize, m: &Mutation, table: Arc<Table>) -> Result<Plan, Write
             if columns.is_empty() {
                 write.text = format!("INSERT INTO {} DEFAULT VALUES", t.ident);
             } else {
-                let names: Vec<&str> = columns.iter().map(|(c, _)| t.columns[*c].ident.as_str()).collect();
+                let names: Vec<&str> = columns
+                    .iter()
+                    .map(|(c, _)| t.columns[*c].ident.as_str())
+                    .collect();
                 let mut binds = Vec::new();
                 for (c, v) in columns {
                     binds.push(write.bind(v, &t.columns[c].sql_type));
@@ -220,7 +242,10 @@ pub fn plan(index: usize, m: &Mutation, table: Arc<Table>) -> Result<Plan, Write
         let mut conditions = identity(t, &key, scope.as_ref(), &mut write);
         for (c, v) in &expect {
             let bound = write.bind(v.clone(), &t.columns[*c].sql_type);
-            conditions.push(format!("{} IS NOT DISTINCT FROM {bound}", t.columns[*c].ident));
+            conditions.push(format!(
+                "{} IS NOT DISTINCT FROM {bound}",
+                t.columns[*c].ident
+            ));
         }
         if let (true, Some((c, at))) = (lww_policy, &at) {
             let bound = write.bind(Some(at.clone()), &t.columns[*c].sql_type);
@@ -256,7 +281,10 @@ pub fn plan(index: usize, m: &Mutation, table: Arc<Table>) -> Result<Plan, Write
         write,
         probe,
         probes_staleness,
-        role: rules.db_role.as_deref().map(super::super::catalog::quote_ident),
+        role: rules
+            .db_role
+            .as_deref()
+            .map(super::super::catalog::quote_ident),
     })))
 }
 

@@ -38,7 +38,11 @@ impl Pool {
     }
 
     pub async fn get(&self) -> Result<Conn<'_>, tokio_postgres::Error> {
-        let slot = self.slots.acquire().await.expect("the pool's semaphore is never closed");
+        let slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the pool's semaphore is never closed");
         let idle = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             std::iter::from_fn(|| idle.pop()).find(|c| !c.is_closed())

@@ -121,13 +121,19 @@ async fn probe(
     let row = tx
         .query_opt(&statements.probe.text, &params(&statements.probe.params))
         .await?;
-    let current = row.as_ref().map(|r| table.row_from_text(&table.all_columns(), r));
+    let current = row
+        .as_ref()
+        .map(|r| table.row_from_text(&table.all_columns(), r));
     let stale = statements.probes_staleness
         && row
             .as_ref()
             .and_then(|r| r.get::<_, Option<bool>>(table.columns.len()))
             .unwrap_or(false);
-    let status = if stale { Status::Stale } else { Status::Conflict };
+    let status = if stale {
+        Status::Stale
+    } else {
+        Status::Conflict
+    };
     let mut outcome = Outcome::new(&m.id, status, m.key.clone());
     outcome.current = Some(current);
     Ok(outcome)
@@ -137,7 +143,9 @@ async fn probe(
 /// after an upstream commit, before anyone hears of it (the lost-response case).
 fn fault_after_commit() {
     static KILL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *KILL.get_or_init(|| std::env::var_os("DELTARELAY_TEST_KILL_AFTER_UPSTREAM_COMMIT").is_some()) {
+    if *KILL
+        .get_or_init(|| std::env::var_os("DELTARELAY_TEST_KILL_AFTER_UPSTREAM_COMMIT").is_some())
+    {
         eprintln!("test fault: DELTARELAY_TEST_KILL_AFTER_UPSTREAM_COMMIT");
         std::process::abort();
     }
