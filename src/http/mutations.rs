@@ -79,6 +79,17 @@ pub(super) async fn mutations(
         None => None,
     };
     let writer = writer_for(&options.writes.writers, &body)?;
+    // `current` never shows a row the caller may not read.
+    let readable: Vec<bool> = body
+        .mutations
+        .iter()
+        .map(|m| {
+            !matches!(
+                options.access.grant(&m.collection, caller.claims.as_ref()),
+                crate::auth::Grant::Denied(_)
+            )
+        })
+        .collect();
     let mutations: Vec<Mutation> = body
         .mutations
         .into_iter()
@@ -124,6 +135,12 @@ pub(super) async fn mutations(
         .await
         .map_err(|e| ApiError::internal(format!("the write task failed: {e}")))?
         .map_err(write_error)?;
+    let mut applied = applied;
+    for (result, readable) in applied.results.iter_mut().zip(readable) {
+        if !readable && result.current.is_some() {
+            result.current = Some(None);
+        }
+    }
 
     let visible = match applied.mark {
         Some(mark) => writer.wait_visible(mark, body.wait).await,

@@ -32,3 +32,4 @@ mod pg_tls;
 mod quickstart;
 mod replication_connection;
 mod writes_pg;
+mod writes_pg_faults;
