@@ -200,3 +200,43 @@ async fn fifty_concurrent_clients_lose_no_update_under_reject_and_version_column
         "no contention happened ({attempts} attempts)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applied_ids_are_kept_for_the_retention_then_forgotten() {
+    let Some(pg) = pg() else { return };
+    pg.psql(
+        "app",
+        "CREATE TABLE items (id serial PRIMARY KEY, body text NOT NULL)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = postgres_config(
+        &pg.url("app"),
+        &dir.path().join("log"),
+        &["public.items"],
+        port,
+    )
+    .replace(
+        "[log]",
+        "[writes]\nallow_unauthenticated = true\nidempotency_retention = \"2s\"\n\n[log]",
+    ) + "\n[collections.\"public.items\".write]\n";
+    let (_relay, addr) = start_ready_relay_with(dir.path(), &config, port);
+    let body = json!({"mutations": [{"id": "r1", "collection": "public.items", "op": "insert", "value": {"body": "x"}}]}).to_string();
+    let send = || async {
+        post(addr, "/v1/mutations", &[], &body)
+            .await
+            .unwrap()
+            .json()
+    };
+    assert_eq!(statuses(&send().await), ["applied"]);
+    assert_eq!(statuses(&send().await), ["duplicate"]);
+    wait_until(Duration::from_secs(20), "the id to be purged", || {
+        pg.psql("app", "SELECT count(*) FROM deltarelay.mutations") == "0"
+    });
+    assert_eq!(
+        statuses(&send().await),
+        ["applied"],
+        "a forgotten id is new again"
+    );
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM items"), "2");
+}

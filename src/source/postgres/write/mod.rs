@@ -29,8 +29,9 @@ use std::time::Duration;
 use table::Table;
 use tokio::sync::OnceCell;
 
-/// How often applied ids older than the retention are purged.
-const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// Applied ids older than the retention are purged every half retention, within these bounds.
+const PURGE_EVERY_MIN: Duration = Duration::from_secs(1);
+const PURGE_EVERY_MAX: Duration = Duration::from_secs(3600);
 
 pub struct PgWriter {
     name: String,
@@ -69,9 +70,10 @@ impl PgWriter {
     /// Purges expired ids now and then, for as long as the writer lives.
     pub fn spawn_purger(self: &Arc<Self>) {
         let writer = Arc::downgrade(self);
+        let every = (self.retention / 2).clamp(PURGE_EVERY_MIN, PURGE_EVERY_MAX);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(PURGE_EVERY).await;
+                tokio::time::sleep(every).await;
                 let Some(writer) = writer.upgrade() else {
                     return;
                 };
@@ -128,6 +130,23 @@ impl PgWriter {
         Ok(table)
     }
 
+    /// Every mutation planned, or the first problem with the batch's shape.
+    async fn plan_all<'m>(
+        &self,
+        client: &tokio_postgres::Client,
+        mutations: &'m [Mutation],
+    ) -> Result<Vec<Planned<'m>>, WriteError> {
+        let mut planned = Vec::with_capacity(mutations.len());
+        for (index, mutation) in mutations.iter().enumerate() {
+            let table = self.shape(client, index, &mutation.collection).await?;
+            planned.push(Planned {
+                mutation,
+                plan: plan::plan(index, mutation, table)?,
+            });
+        }
+        Ok(planned)
+    }
+
     async fn apply_batch(
         &self,
         author: &Author,
@@ -147,16 +166,16 @@ impl PgWriter {
             let _ = ledger::purge(conn.client(), self.retention).await;
             let _ = self.ledger_ready.set(());
         }
-        let mut planned = Vec::with_capacity(mutations.len());
-        for (index, mutation) in mutations.iter().enumerate() {
-            let table = self
-                .shape(conn.client(), index, &mutation.collection)
-                .await?;
-            planned.push(Planned {
-                mutation,
-                plan: plan::plan(index, mutation, table)?,
-            });
-        }
+        let planned = match self.plan_all(conn.client(), mutations).await {
+            Ok(planned) => planned,
+            Err(e) => {
+                // Bad input: no transaction was opened, the connection serves the next one.
+                if !matches!(e, WriteError::Unavailable(_)) {
+                    conn.reusable();
+                }
+                return Err(e);
+            }
+        };
         let results = if atomic {
             run::atomic(conn.client_mut(), author, &planned).await?
         } else {
