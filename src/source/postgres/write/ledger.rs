@@ -2,9 +2,15 @@
 //! transaction as the mutation itself, so that a retried id is found applied exactly when the
 //! mutation is.
 
+use super::pool::Statements;
 use crate::record::Row;
 use std::time::Duration;
 use tokio_postgres::{Client, GenericClient};
+
+const CLAIM: &str = "INSERT INTO deltarelay.mutations (author, id, collection) VALUES ($1, $2, $3)
+             ON CONFLICT (author, id) DO NOTHING";
+const RECORD_KEY: &str =
+    "UPDATE deltarelay.mutations SET key = $3::text::jsonb WHERE author = $1 AND id = $2";
 
 /// Creates the schema and table when missing (under a lock: writers may start together).
 const CREATE: &str = "BEGIN;
@@ -39,17 +45,13 @@ pub async fn purge(client: &Client, retention: Duration) -> Result<u64, tokio_po
 /// applied before (a concurrent claim of the same id waits here until that transaction ends).
 pub async fn claim(
     tx: &impl GenericClient,
+    statements: &mut Statements,
     author: &str,
     id: &str,
     collection: &str,
 ) -> Result<Option<Option<Row>>, tokio_postgres::Error> {
-    let inserted = tx
-        .execute(
-            "INSERT INTO deltarelay.mutations (author, id, collection) VALUES ($1, $2, $3)
-             ON CONFLICT (author, id) DO NOTHING",
-            &[&author, &id, &collection],
-        )
-        .await?;
+    let claim = statements.get(tx, CLAIM).await?;
+    let inserted = tx.execute(&claim, &[&author, &id, &collection]).await?;
     if inserted == 1 {
         return Ok(None);
     }
@@ -68,15 +70,13 @@ pub async fn claim(
 /// Stores the applied mutation's key with its id (the result a retry gets back).
 pub async fn record_key(
     tx: &impl GenericClient,
+    statements: &mut Statements,
     author: &str,
     id: &str,
     key: &Row,
 ) -> Result<(), tokio_postgres::Error> {
     let key = serde_json::Value::Object(key.clone()).to_string();
-    tx.execute(
-        "UPDATE deltarelay.mutations SET key = $3::text::jsonb WHERE author = $1 AND id = $2",
-        &[&author, &id, &key],
-    )
-    .await?;
+    let record = statements.get(tx, RECORD_KEY).await?;
+    tx.execute(&record, &[&author, &id, &key]).await?;
     Ok(())
 }

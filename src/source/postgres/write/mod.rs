@@ -176,10 +176,11 @@ impl PgWriter {
                 return Err(e);
             }
         };
+        let (client, prepared) = conn.parts();
         let results = if atomic {
-            run::atomic(conn.client_mut(), author, &planned).await?
+            run::atomic(client, prepared, author, &planned).await?
         } else {
-            run::each(conn.client_mut(), author, &planned).await?
+            run::each(client, prepared, author, &planned).await?
         };
         // A schema change since the shape was read: read it again next time.
         let stale_shape = results.iter().any(|r| {
@@ -194,6 +195,7 @@ impl PgWriter {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clear();
+            conn.parts().1.clear();
         }
         let mark = if results.iter().any(|r| r.status.is_applied()) {
             // At or after the commit of every mutation applied now or found applied.

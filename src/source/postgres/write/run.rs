@@ -3,6 +3,7 @@
 
 use super::ledger;
 use super::plan::{key_of, Plan, Statements};
+use super::pool::Statements as Prepared;
 use crate::source::write::{Author, Mutation, Outcome, Status, WriteError};
 use serde_json::{json, Value};
 use tokio_postgres::types::ToSql;
@@ -52,6 +53,7 @@ fn params(values: &[Option<String>]) -> Vec<&(dyn ToSql + Sync)> {
 /// duplicate leaves the transaction to be rolled back (it may be aborted).
 async fn run_one(
     tx: &impl GenericClient,
+    prepared: &mut Prepared,
     author: &Author,
     claims: &str,
     planned: &Planned<'_>,
@@ -65,7 +67,7 @@ async fn run_one(
         }
         Plan::Run(statements) => statements,
     };
-    match ledger::claim(tx, &author.subject, &m.id, &m.collection).await {
+    match ledger::claim(tx, prepared, &author.subject, &m.id, &m.collection).await {
         Ok(None) => {}
         Ok(Some(key)) => return Ok(Outcome::new(&m.id, Status::Duplicate, key)),
         Err(e) => return refused(m, e),
@@ -83,16 +85,17 @@ async fn run_one(
             return refused(m, e);
         }
     }
-    let written = match tx
-        .query(&statements.write.text, &params(&statements.write.params))
-        .await
-    {
+    let write = match prepared.get(tx, &statements.write.text).await {
+        Ok(write) => write,
+        Err(e) => return refused(m, e),
+    };
+    let written = match tx.query(&write, &params(&statements.write.params)).await {
         Ok(rows) => rows,
         Err(e) => return refused(m, e),
     };
     let outcome = match written.first() {
         Some(row) => Outcome::new(&m.id, Status::Applied, Some(key_of(&statements.table, row))),
-        None => match probe(tx, m, statements).await {
+        None => match probe(tx, prepared, m, statements).await {
             Ok(outcome) => outcome,
             Err(e) => return refused(m, e),
         },
@@ -103,7 +106,7 @@ async fn run_one(
         }
     }
     if let (Status::Applied, Some(key)) = (outcome.status, &outcome.key) {
-        if let Err(e) = ledger::record_key(tx, &author.subject, &m.id, key).await {
+        if let Err(e) = ledger::record_key(tx, prepared, &author.subject, &m.id, key).await {
             return refused(m, e);
         }
     }
@@ -114,12 +117,14 @@ async fn run_one(
 /// than what is stored (stale), or an `if` that does not hold (conflict with the row).
 async fn probe(
     tx: &impl GenericClient,
+    prepared: &mut Prepared,
     m: &Mutation,
     statements: &Statements,
 ) -> Result<Outcome, tokio_postgres::Error> {
     let table = &statements.table;
+    let probe = prepared.get(tx, &statements.probe.text).await?;
     let row = tx
-        .query_opt(&statements.probe.text, &params(&statements.probe.params))
+        .query_opt(&probe, &params(&statements.probe.params))
         .await?;
     let current = row
         .as_ref()
@@ -154,6 +159,7 @@ fn fault_after_commit() {
 /// All in one transaction: the first mutation that is not applied rolls everything back.
 pub async fn atomic(
     client: &mut Client,
+    prepared: &mut Prepared,
     author: &Author,
     batch: &[Planned<'_>],
 ) -> Result<Vec<Outcome>, WriteError> {
@@ -167,7 +173,7 @@ pub async fn atomic(
             results.push(Outcome::new(&m.id, Status::RolledBack, m.key.clone()));
             continue;
         }
-        let outcome = run_one(&tx, author, &claims, planned).await?;
+        let outcome = run_one(&tx, prepared, author, &claims, planned).await?;
         failed = !outcome.status.is_applied();
         results.push(outcome);
     }
@@ -201,6 +207,7 @@ pub async fn atomic(
 /// Each mutation in its own transaction.
 pub async fn each(
     client: &mut Client,
+    prepared: &mut Prepared,
     author: &Author,
     batch: &[Planned<'_>],
 ) -> Result<Vec<Outcome>, WriteError> {
@@ -208,7 +215,7 @@ pub async fn each(
     let mut results = Vec::with_capacity(batch.len());
     for planned in batch {
         let tx = client.transaction().await.map_err(unavailable)?;
-        let mut outcome = run_one(&tx, author, &claims, planned).await?;
+        let mut outcome = run_one(&tx, prepared, author, &claims, planned).await?;
         if outcome.status == Status::Applied {
             if let Err(e) = tx.commit().await {
                 outcome = refused(planned.mutation, e)?;
