@@ -62,6 +62,68 @@ pub struct Config {
     pub collections: BTreeMap<String, CollectionConfig>,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[writes]`: `POST /v1/mutations` (per-collection rules are `[collections."…".write]`).
+    #[serde(default)]
+    pub writes: WritesConfig,
+}
+
+/// `[writes]`: what holds for every write.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WritesConfig {
+    /// How long applied mutation ids are remembered upstream (retries within it are
+    /// answered `duplicate`).
+    #[serde(default = "default_idempotency_retention", with = "duration_text")]
+    pub idempotency_retention: Duration,
+    /// With `auth.mode = "none"`, accept writes at all (refused otherwise).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// Ordinary connections each source may open for writes.
+    #[serde(default = "default_write_pool")]
+    pub pool_size: usize,
+}
+
+impl Default for WritesConfig {
+    fn default() -> Self {
+        WritesConfig {
+            idempotency_retention: default_idempotency_retention(),
+            allow_unauthenticated: false,
+            pool_size: default_write_pool(),
+        }
+    }
+}
+
+fn default_idempotency_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_write_pool() -> usize {
+    8
+}
+
+/// `[collections."…".write]`: who may write a collection, what, and how conflicts resolve.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteConfig {
+    /// Claim name → accepted values, as `read_claims` (ignored with `auth.mode = "none"`).
+    #[serde(default)]
+    pub claims: BTreeMap<String, Vec<serde_json::Value>>,
+    /// Writable columns besides the key; `None`: all.
+    pub columns: Option<Vec<String>>,
+    #[serde(default)]
+    pub conflict: ConflictPolicy,
+    pub version_column: Option<String>,
+    pub lww_column: Option<String>,
+    /// Run the writes as this database role (`SET LOCAL ROLE`, with `request.jwt.claims`).
+    pub db_role: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictPolicy {
+    #[default]
+    Reject,
+    LastWriteWins,
+    ClientWins,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +179,9 @@ pub struct LimitsConfig {
     /// client that stops reading can make the machine hold.
     #[serde(default = "default_send_buffer_bytes")]
     pub send_buffer_bytes: usize,
+    /// Largest request body (`POST /v1/mutations`), in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body: usize,
 }
 
 impl Default for LimitsConfig {
@@ -128,6 +193,7 @@ impl Default for LimitsConfig {
             burst: default_burst(),
             max_header_bytes: default_max_header_bytes(),
             send_buffer_bytes: default_send_buffer_bytes(),
+            max_body: default_max_body(),
         }
     }
 }
@@ -147,6 +213,9 @@ fn default_burst() -> u32 {
 fn default_max_header_bytes() -> usize {
     16 * 1024
 }
+fn default_max_body() -> usize {
+    1024 * 1024
+}
 fn default_send_buffer_bytes() -> usize {
     128 * 1024
 }
@@ -160,6 +229,8 @@ pub struct CollectionConfig {
     #[serde(default)]
     pub read_claims: BTreeMap<String, Vec<serde_json::Value>>,
     pub scope: Option<ScopeConfig>,
+    /// Writes through `POST /v1/mutations`; absent: the collection is read-only.
+    pub write: Option<WriteConfig>,
 }
 
 /// Only rows whose `column` equals the token's `claim`.
@@ -357,6 +428,15 @@ impl Config {
                 self.http.listen
             )));
         }
+        if self.auth.mode == AuthMode::None
+            && self.writes.allow_unauthenticated
+            && !self.http.listen.ip().is_loopback()
+        {
+            return Err(Problem::Http(format!(
+                "writes.allow_unauthenticated = true with auth.mode = \"none\" is for loopback only, but http.listen = \"{}\": anyone who can reach it could change the database. Set [auth] mode = \"jwt\" or listen on 127.0.0.1",
+                self.http.listen
+            )));
+        }
         for origin in &self.http.cors_origins {
             let ok = origin == "*"
                 || ((origin.starts_with("https://") || origin.starts_with("http://"))
@@ -409,6 +489,9 @@ impl Config {
                     return Err(problem("scope needs a column and a claim, e.g. scope = { column = \"user_id\", claim = \"sub\" }".into()));
                 }
             }
+            if let Some(write) = &rules.write {
+                validate_write(write).map_err(problem)?;
+            }
             for (claim, values) in &rules.read_claims {
                 if values.is_empty() {
                     return Err(problem(format!(
@@ -427,6 +510,28 @@ impl Config {
             .filter_map(|(name, c)| c.scope.as_ref().map(|s| (name.clone(), s.column.clone())))
             .collect()
     }
+}
+
+/// What the types of `[collections."…".write]` cannot check.
+fn validate_write(write: &WriteConfig) -> Result<(), String> {
+    if write.conflict == ConflictPolicy::LastWriteWins && write.lww_column.is_none() {
+        return Err(
+            "write.conflict = \"last_write_wins\" needs write.lww_column = \"<timestamp column>\""
+                .into(),
+        );
+    }
+    for (claim, values) in &write.claims {
+        if values.is_empty() {
+            return Err(format!(
+                "write.claims.{claim} lists no values: no token could write"
+            ));
+        }
+    }
+    let named = [&write.version_column, &write.lww_column, &write.db_role];
+    if named.iter().any(|n| n.as_deref() == Some("")) {
+        return Err("write.version_column, lww_column and db_role must not be empty".into());
+    }
+    Ok(())
 }
 
 /// `schema.table` → (schema, table).

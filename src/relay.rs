@@ -30,12 +30,14 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
 
     let mut sources = JoinSet::new();
     let mut statuses = Vec::new();
+    let mut writers = Vec::new();
     for spec in SourceSpec::parse_all(&config).context("config")? {
         let started = spec
-            .start(log.clone(), shutdown.clone())
+            .start(log.clone(), &config.writes, shutdown.clone())
             .map_err(|e| anyhow::anyhow!(e))
             .with_context(|| format!("source {}", spec.name()))?;
         statuses.push(started.status);
+        writers.extend(started.writer);
         let name = spec.name().to_string();
         let run = started.run;
         sources.spawn(async move { (name, run.await.map_err(|e| anyhow::anyhow!(e))) });
@@ -50,7 +52,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
         log: log.clone(),
         sources: statuses,
     };
-    let options = http_options(&config)?;
+    let options = http_options(&config, writers)?;
     if let Some(verifier) = &options.verifier {
         verifier.clone().spawn_reloader(shutdown.clone());
     }
@@ -127,7 +129,10 @@ fn listen(
 }
 
 /// Authentication, access rules, limits and CORS from the config; says loudly what is exposed.
-fn http_options(config: &Config) -> anyhow::Result<http::HttpOptions> {
+fn http_options(
+    config: &Config,
+    writers: Vec<std::sync::Arc<dyn crate::source::write::Writer>>,
+) -> anyhow::Result<http::HttpOptions> {
     let verifier = match config.auth.mode {
         AuthMode::Jwt => Some(std::sync::Arc::new(Verifier::from_config(&config.auth)?)),
         AuthMode::None => None,
@@ -154,6 +159,10 @@ fn http_options(config: &Config) -> anyhow::Result<http::HttpOptions> {
         public_metrics: config.auth.public_metrics,
         limits: Some(config.limits.clone()),
         cors_origins: config.http.cors_origins.clone(),
+        writes: http::mutations::WriteOptions {
+            writers,
+            allow_unauthenticated: config.writes.allow_unauthenticated,
+        },
     })
 }
 

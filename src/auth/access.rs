@@ -104,6 +104,16 @@ impl Access {
     }
 }
 
+/// A claim value as a scope value (see `scalar`).
+pub(super) fn scope_value(value: &Value) -> Option<String> {
+    scalar(value)
+}
+
+/// The claim holds one of `accepted` (see `matches`).
+pub(super) fn claim_matches(claim: &Value, accepted: &[Value]) -> bool {
+    matches(claim, accepted)
+}
+
 /// A claim value as a scope value: strings and numbers; nothing for arrays, objects, null, "".
 fn scalar(value: &Value) -> Option<String> {
     match value {
@@ -146,6 +156,7 @@ mod tests {
                     column: "user_id".into(),
                     claim: "sub".into(),
                 }),
+                write: None,
             },
         );
         collections.insert("public.tags".to_string(), CollectionConfig::default());

@@ -3,6 +3,8 @@
 
 pub mod access;
 pub mod verify;
+pub mod write;
 
 pub use access::{Access, Grant};
 pub use verify::{Claims, Verifier};
+pub use write::WriteGrant;

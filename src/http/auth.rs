@@ -31,6 +31,8 @@ pub struct HttpOptions {
     pub limits: Option<LimitsConfig>,
     /// CORS origins (`["*"]`: any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// Writes (`POST /v1/mutations`).
+    pub writes: super::mutations::WriteOptions,
 }
 
 /// Who is calling, as established by [`authenticate`].

@@ -9,6 +9,8 @@ pub mod auth;
 mod changes;
 pub mod console;
 mod error;
+mod mutation_body;
+pub mod mutations;
 mod openapi;
 pub mod params;
 mod server;
@@ -25,7 +27,7 @@ use axum::extract::MatchedPath;
 use axum::http::{Request, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicUsize;
@@ -151,7 +153,8 @@ pub fn router_with(
         .route("/v1/changes", get(changes::changes))
         .route("/v1/stream", get(stream::stream))
         .route("/v1/collections", get(status::collections))
-        .route("/v1/status", get(status::status));
+        .route("/v1/status", get(status::status))
+        .route("/v1/mutations", post(mutations::mutations));
     let mut open = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(status::readyz))
@@ -178,7 +181,7 @@ pub fn router_with(
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "this endpoint only answers GET",
+                "this method is not allowed here: POST /v1/mutations, GET everything else",
             )
         })
         .layer(middleware::from_fn(count_requests))
@@ -207,9 +210,10 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([axum::http::Method::GET])
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
             .allow_headers([
                 axum::http::header::AUTHORIZATION,
+                axum::http::header::CONTENT_TYPE,
                 axum::http::HeaderName::from_static("last-event-id"),
             ])
             .max_age(std::time::Duration::from_secs(3600)),

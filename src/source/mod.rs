@@ -9,6 +9,7 @@ pub mod mongo;
 pub mod postgres;
 mod status;
 pub mod supervise;
+pub mod write;
 
 pub use status::{
     all_ready, log_lag_ms, now_ms, CopyProgress, CopyState, Freshness, SourceStatus, UnsyncedTable,
@@ -16,12 +17,14 @@ pub use status::{
 pub use supervise::{supervise, ErrorKind, Source};
 
 use crate::check::CheckResult;
-use crate::config::{Config, Problem, SourceConfig};
+use crate::config::{Config, Problem, SourceConfig, WritesConfig};
 use crate::log::Log;
 use futures_util::future::BoxFuture;
 use mongo::{MongoConfig, MongoSource};
 use postgres::{PostgresConfig, PostgresSource};
+use std::sync::Arc;
 use tokio::sync::watch;
+use write::Writer;
 
 /// Any source's error, once it has left its kind.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -37,6 +40,8 @@ pub enum SourceSpec {
 pub struct Started {
     pub status: watch::Receiver<SourceStatus>,
     pub run: BoxFuture<'static, Result<(), BoxError>>,
+    /// Its writes (`POST /v1/mutations`), for kinds that take them.
+    pub writer: Option<Arc<dyn Writer>>,
 }
 
 impl SourceSpec {
@@ -64,13 +69,21 @@ impl SourceSpec {
     }
 
     /// Sets the source up on `log`; its run streams until `shutdown` turns true.
-    pub fn start(&self, log: Log, shutdown: watch::Receiver<bool>) -> Result<Started, BoxError> {
+    pub fn start(
+        &self,
+        log: Log,
+        writes: &WritesConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Started, BoxError> {
         Ok(match self {
             SourceSpec::Postgres(config) => {
                 let source = PostgresSource::new(config, log)?;
+                let writer = Arc::new(source.writer(writes));
+                writer.spawn_purger();
                 Started {
                     status: source.status_receiver(),
                     run: Box::pin(async move { Ok(supervise(source, shutdown).await?) }),
+                    writer: Some(writer),
                 }
             }
             SourceSpec::Mongodb(config) => {
@@ -78,6 +91,7 @@ impl SourceSpec {
                 Started {
                     status: source.status_receiver(),
                     run: Box::pin(async move { Ok(supervise(source, shutdown).await?) }),
+                    writer: None,
                 }
             }
         })

@@ -221,6 +221,47 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp
     }
 }
 
+/// A `POST` with a body (`Content-Type: application/json` unless `headers` say otherwise).
+/// `None` when the connection ends before a response head (e.g. the relay died).
+pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<Response> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+    {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    // A server may answer (413) before reading everything; a failed write is not an error.
+    let _ = stream.write_all(body.as_bytes()).await;
+    let mut reader = BufReader::new(stream);
+    let (status, headers) = try_read_head(&mut reader).await?;
+    let mut raw = Vec::new();
+    reader.read_to_end(&mut raw).await.ok()?;
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked { dechunk(&raw) } else { raw };
+    Some(Response {
+        status,
+        headers,
+        body: String::from_utf8(body).ok()?,
+    })
+}
+
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {

@@ -73,6 +73,7 @@ fn rules() -> BTreeMap<String, CollectionConfig> {
                     column: "owner".into(),
                     claim: "sub".into(),
                 }),
+                ..CollectionConfig::default()
             },
         ),
         ("public.tags".to_string(), CollectionConfig::default()),
@@ -90,6 +91,7 @@ fn options(auth: &AuthConfig, limits: Option<LimitsConfig>) -> HttpOptions {
         public_metrics: false,
         limits,
         cors_origins: vec!["https://app.example".into()],
+        ..HttpOptions::default()
     }
 }
 

@@ -37,3 +37,5 @@ mod pg_source;
 mod pg_tls;
 mod quickstart;
 mod replication_connection;
+mod writes_pg;
+mod writes_pg_faults;

@@ -246,7 +246,7 @@ pub async fn published_tables_with_keys(
                FROM pg_publication_tables pt
                JOIN pg_namespace n ON n.nspname = pt.schemaname
                JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
-              WHERE pt.pubname = $1
+              WHERE pt.pubname = $1 AND pt.schemaname <> 'deltarelay'
               ORDER BY 1",
             &[&publication],
         )

@@ -22,6 +22,7 @@ mod session;
 mod tables;
 pub mod tls;
 pub mod values;
+pub mod write;
 
 pub use config::{PostgresConfig, TableOptions};
 pub use lsn::Lsn;

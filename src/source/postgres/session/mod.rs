@@ -13,6 +13,7 @@ use super::replication::{
 };
 use super::tables;
 use super::tls::PgTls;
+use super::write::{logged::LoggedThrough, PgWriter};
 use super::Lsn;
 use crate::log::{Log, LogError, LogTxn};
 use crate::record::{Change, Op, TxMeta};
@@ -66,6 +67,8 @@ pub struct PostgresSource {
     timeout: Duration,
     log: Log,
     status: Arc<watch::Sender<SourceStatus>>,
+    /// How far upstream is logged, for writers waiting to read their writes.
+    logged: Arc<LoggedThrough>,
 }
 
 impl PostgresSource {
@@ -95,11 +98,25 @@ impl PostgresSource {
             specs: Default::default(),
             log,
             status: Arc::new(watch::channel(status).0),
+            logged: Arc::default(),
         })
     }
 
     pub fn status_receiver(&self) -> watch::Receiver<SourceStatus> {
         self.status.subscribe()
+    }
+
+    /// This source's writer (`POST /v1/mutations`), on its own connection pool.
+    pub fn writer(&self, writes: &crate::config::WritesConfig) -> PgWriter {
+        PgWriter::new(
+            &self.name,
+            self.pg_config.clone(),
+            self.tls.clone(),
+            self.tables.clone(),
+            self.all_tables,
+            writes,
+            self.logged.clone(),
+        )
     }
 
     async fn one_session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SourceError> {
@@ -221,6 +238,8 @@ impl<'a> Session<'a> {
                 },
                 _ = status_timer.tick() => self.keep_alive().await?,
                 _ = partition_timer.tick(), if !self.partitions.is_empty() => self.watch_partitions().await?,
+                // A writer waits to read its write: ask where upstream's WAL stands.
+                _ = self.source.logged.nudged() => self.send_status(true).await?,
                 copied = wait_for_copy(&mut self.copy_task) => {
                     self.copy_task = None;
                     let copied = copied?;
@@ -327,6 +346,10 @@ impl<'a> Session<'a> {
                 ..
             } => {
                 self.note_upstream_end(wal_end);
+                // Nothing received is still unlogged: every commit before `wal_end` is logged.
+                if self.upstream.is_none() && self.pending_end.is_none() {
+                    self.source.logged.advance(wal_end.max(self.durable));
+                }
                 let before = self.ack.flushed();
                 self.ack.on_keepalive(wal_end);
                 self.publish_progress();
@@ -423,7 +446,9 @@ impl<'a> Session<'a> {
     /// after its schema changed.
     async fn learn(&mut self, relation: Relation) -> Result<(), SourceError> {
         let collection = format!("{}.{}", relation.namespace, relation.name);
-        if !self.source.all_tables && !self.synced.contains(&collection) {
+        // `deltarelay.*` is the relay's own bookkeeping (applied mutation ids), never synced.
+        let own = relation.namespace == "deltarelay";
+        if own || (!self.source.all_tables && !self.synced.contains(&collection)) {
             tracing::debug!(source = %self.source.name, %collection, "ignoring a table that is not configured");
             self.tables.insert(relation.id, None);
             return Ok(());
@@ -563,6 +588,7 @@ impl<'a> Session<'a> {
         self.local_changes = 0;
         self.local_started = None;
         self.durable = end;
+        self.source.logged.advance(end);
         self.ack.on_durable(end);
         let more = self.upstream.is_some() || self.upstream_end > self.ack.flushed();
         self.fresh.committed(&self.source.status, more);
