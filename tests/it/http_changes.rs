@@ -619,6 +619,7 @@ async fn the_openapi_document_describes_what_each_route_answers() {
             "/readyz",
             "/v1/changes",
             "/v1/collections",
+            "/v1/mutations",
             "/v1/openapi.json",
             "/v1/status",
             "/v1/stream",
@@ -639,10 +640,27 @@ async fn the_openapi_document_describes_what_each_route_answers() {
         "/v1/stream?since=nonsense",
         "/v1/stream?collections=public.nope",
     ];
+    let posts = [
+        ("/v1/mutations", "not json"),
+        ("/v1/mutations", r#"{"mutations": []}"#),
+        (
+            "/v1/mutations",
+            r#"{"mutations": [{"id": "a", "collection": "public.nope", "op": "delete", "key": {"id": 1}}]}"#,
+        ),
+    ];
+    let mut answers = Vec::new();
     for request in requests {
+        answers.push(("get", request, server.get(request).await));
+    }
+    for (request, body) in posts {
+        let response = testkit::http::post(server.addr, request, &[], body)
+            .await
+            .unwrap();
+        answers.push(("post", request, response));
+    }
+    for (method, request, response) in answers {
         let path = request.split('?').next().unwrap();
-        let response = server.get(request).await;
-        let documented = &paths[path]["get"]["responses"][response.status.to_string()];
+        let documented = &paths[path][method]["responses"][response.status.to_string()];
         assert!(
             !documented.is_null(),
             "{request}: {} is not documented",

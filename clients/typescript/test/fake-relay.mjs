@@ -65,7 +65,7 @@ export class FakeRelay {
   fetch = async (url, init = {}) => {
     const u = new URL(url);
     const headers = new Headers(init.headers);
-    this.requests.push({ path: u.pathname, query: u.searchParams, headers, body: init.body });
+    this.requests.push({ method: init.method ?? "GET", path: u.pathname, query: u.searchParams, headers, body: init.body });
     if (this.offline) throw new TypeError("fetch failed");
     const json = (status, body) => new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json" } });
     if (this.token && headers.get("authorization") !== `Bearer ${this.token}`) {
