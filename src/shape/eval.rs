@@ -154,10 +154,10 @@ fn column_value(column: &Column, row: &Row) -> Option<Const> {
 pub fn convert(value: &Value, class: Class) -> Option<Const> {
     Some(match (class, value) {
         (_, Value::Null) | (Class::Opaque, _) => return None,
-        (Class::Integer | Class::Numeric, Value::Number(n)) => {
+        (Class::Integer(_) | Class::Numeric, Value::Number(n)) => {
             Const::Num(Num::parse(&n.to_string())?)
         }
-        (Class::Integer | Class::Numeric | Class::Float, Value::String(s)) => {
+        (Class::Integer(_) | Class::Numeric | Class::Float, Value::String(s)) => {
             Const::Num(Num::parse(s)?)
         }
         (Class::Float, Value::Number(n)) => Const::Num(Num::from_f64(n.as_f64()?)),

@@ -104,6 +104,10 @@ impl Num {
         }
     }
 
+    pub fn from_i64(value: i64) -> Num {
+        Num::parse(&value.to_string()).unwrap_or(Num::NaN)
+    }
+
     /// Whether it is a whole number (what an integer column accepts as text).
     pub fn is_integer(&self) -> bool {
         match self {

@@ -210,9 +210,15 @@ fn translate(cx: &Context, sql: &Sql, depth: usize) -> Result<Expr, ShapeError> 
             if list.len() > 1000 {
                 return Err(refuse(cx, sql, "IN lists hold at most 1000 values"));
             }
+            let lits = list
+                .iter()
+                .map(|item| literal(cx, item))
+                .collect::<Result<Vec<_>, _>>()?;
+            let class = in_list_class(column.class, &lits);
             let list = list
                 .iter()
-                .map(|item| typed(cx, item, literal(cx, item)?, column.class))
+                .zip(lits)
+                .map(|(item, lit)| typed(cx, item, lit, class))
                 .collect::<Result<_, _>>()?;
             Expr::In {
                 column,
@@ -429,13 +435,21 @@ fn typed(cx: &Context, sql: &Sql, lit: Lit, class: Class) -> Result<Const, Shape
             };
             Const::Num(Num::from_f64(value))
         }
-        (Lit::Num(n), Class::Integer | Class::Numeric | Class::Dynamic) => {
+        (Lit::Num(n), Class::Integer(_) | Class::Numeric | Class::Dynamic) => {
             Const::Num(Num::parse(&n).ok_or_else(|| wrong("malformed number"))?)
         }
-        (Lit::Text(t), Class::Integer) => {
+        (Lit::Text(t), Class::Integer(bits)) => {
+            // Postgres casts quoted text to the column's type, so it must fit it.
+            let (low, high) = match bits {
+                16 => (i16::MIN as i64, i16::MAX as i64),
+                32 => (i32::MIN as i64, i32::MAX as i64),
+                33 => (0, u32::MAX as i64),
+                _ => (i64::MIN, i64::MAX),
+            };
             let n = Num::parse(t.trim())
-                .filter(Num::is_integer)
-                .ok_or_else(|| wrong("expected an integer for an integer column"))?;
+                .filter(|n| n.is_integer())
+                .filter(|n| *n >= Num::from_i64(low) && *n <= Num::from_i64(high))
+                .ok_or_else(|| wrong(&format!("expected an integer from {low} to {high}")))?;
             Const::Num(n)
         }
         (Lit::Text(t), Class::Numeric) => {
@@ -451,6 +465,25 @@ fn typed(cx: &Context, sql: &Sql, lit: Lit, class: Class) -> Result<Const, Shape
             Const::Date(date(&t).ok_or_else(|| wrong("expected a date such as '2025-01-15'"))?)
         }
     })
+}
+
+/// The type quoted items of an integer column's IN list are read as: Postgres resolves the
+/// list's common type from the column and its unquoted numbers (`int4` widens to `int8` or
+/// `numeric`), and only then casts the quoted ones.
+fn in_list_class(class: Class, lits: &[Lit]) -> Class {
+    let Class::Integer(mut bits) = class else {
+        return class;
+    };
+    for lit in lits {
+        if let Lit::Num(n) = lit {
+            match n.parse::<i64>() {
+                Ok(v) if i32::try_from(v).is_ok() => bits = bits.max(32),
+                Ok(_) => bits = bits.max(64),
+                Err(_) => return Class::Numeric,
+            }
+        }
+    }
+    Class::Integer(bits)
 }
 
 /// A literal where no column decides its type (`IS NULL` of a literal).

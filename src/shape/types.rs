@@ -14,8 +14,9 @@ pub struct ColumnInfo {
 /// How values of a column compare in a filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
-    /// Integers (sent as numbers, or as strings beyond ±2^53): compared exactly.
-    Integer,
+    /// Integers of this many bits (sent as numbers, or as strings beyond ±2^53): compared
+    /// exactly.
+    Integer(u8),
     /// `numeric` (sent as strings): compared exactly, `NaN` above everything.
     Numeric,
     /// `float4`/`float8`: literals are rounded to a double first, as Postgres casts them.
@@ -36,7 +37,10 @@ pub enum Class {
 impl Class {
     pub fn of(type_name: &str) -> Class {
         match type_name {
-            "int2" | "int4" | "int8" | "oid" => Class::Integer,
+            "int2" => Class::Integer(16),
+            "int4" => Class::Integer(32),
+            "int8" => Class::Integer(64),
+            "oid" => Class::Integer(33),
             "numeric" => Class::Numeric,
             "float4" | "float8" => Class::Float,
             "bool" => Class::Bool,
@@ -48,6 +52,6 @@ impl Class {
     }
 
     pub fn is_numeric(self) -> bool {
-        matches!(self, Class::Integer | Class::Numeric | Class::Float)
+        matches!(self, Class::Integer(_) | Class::Numeric | Class::Float)
     }
 }

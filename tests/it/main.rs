@@ -31,3 +31,4 @@ mod pg_source;
 mod pg_tls;
 mod quickstart;
 mod replication_connection;
+mod shape_differential;
