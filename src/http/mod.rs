@@ -11,6 +11,7 @@ pub mod console;
 mod error;
 pub mod params;
 mod server;
+mod shape;
 mod status;
 mod stream;
 

@@ -9,10 +9,16 @@
 //! `pos`. What a slow reader leaves behind is bounded by the broadcast channel's capacity,
 //! shared by all followers.
 
+use super::interest::InterestGuard;
 use super::reader::{Page, ReadEntry, ReadFrom, RowFilter};
+use super::writer::Prior;
 use super::writer::{Committed, StoredRecord};
 use super::{Log, LogError};
+use crate::record::ChangeRecord;
+use crate::shape::Previous;
+use crate::sse::ChangeEvent;
 use crate::telemetry;
+use std::borrow::Cow;
 use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError};
 
@@ -68,6 +74,39 @@ impl LiveCommit {
     }
 }
 
+impl LiveCommit {
+    /// The events its follower sends for this commit: [`LiveCommit::records`]' events, each
+    /// through the follower's shape when it has one.
+    pub fn events(&self) -> impl Iterator<Item = Cow<'_, ChangeEvent>> {
+        self.records()
+            .filter_map(move |record| match self.filter.shape() {
+                Some(shape) if record.collection == shape.collection => {
+                    let previous = match &record.prior {
+                        Prior::Unknown => Previous::Unknown,
+                        Prior::Absent => Previous::Absent,
+                        Prior::Row(row) => Previous::Row(row),
+                    };
+                    // The writer serialized it, so it parses; were it not to, sending it unshaped
+                    // could show columns the shape leaves out.
+                    let parsed: ChangeRecord = serde_json::from_slice(record.event.json()).ok()?;
+                    let shaped = shape.apply(&parsed, previous)?;
+                    let json = serde_json::to_vec(&shaped).ok()?;
+                    let event = ChangeEvent::build::<std::convert::Infallible>(
+                        &shaped.cursor,
+                        json.len(),
+                        |buf| {
+                            buf.extend_from_slice(&json);
+                            Ok(())
+                        },
+                    )
+                    .ok()?;
+                    Some(Cow::Owned(event))
+                }
+                _ => Some(Cow::Borrowed(&record.event)),
+            })
+    }
+}
+
 enum State {
     /// Read the log from `pos`, at most `limit` entries.
     Reading {
@@ -91,6 +130,7 @@ pub struct Follower {
     start_mark: u64,
     state: State,
     ready: bool,
+    _interest: Option<InterestGuard>,
 }
 
 impl Follower {
@@ -99,15 +139,25 @@ impl Follower {
         from: ReadFrom,
         filter: Arc<RowFilter>,
     ) -> Result<Follower, LogError> {
+        // Shaped: from now on the writer says what each changed row was before.
+        let interest = filter
+            .shape()
+            .map(|shape| log.shapes.register(&shape.collection));
         // Subscribe first: every commit after the snapshot read below reaches `live`.
         let live = log.subscribe();
         let pos = match &from {
             ReadFrom::Seq(seq) => *seq,
             ReadFrom::CommitTime(_) => 0,
         };
+        let from_start = from == ReadFrom::Seq(0);
         let first = log
             .page(from, filter.clone(), REPLAY_PAGE, REPLAY_BYTES)
             .await?;
+        // A replay from the start: the client holds nothing that the first snapshot had.
+        let filter = match filter.shape() {
+            Some(_) if from_start => Arc::new(filter.fresh_until(first.head_seq)),
+            _ => filter,
+        };
         Ok(Follower {
             log,
             filter,
@@ -116,6 +166,7 @@ impl Follower {
             start_mark: first.purged_seq,
             state: State::Holding(first),
             ready: false,
+            _interest: interest,
         })
     }
 
@@ -164,9 +215,8 @@ impl Follower {
                     if self.expired(page.purged_seq) {
                         return Followed::Ended(FollowEnd::Expired);
                     }
-                    if let Some(last) = page.entries.last() {
-                        self.pos = last.seq;
-                    }
+                    // Past the entries a shape left out, too.
+                    self.pos = self.pos.max(page.scanned_seq);
                     let more = page.has_more;
                     self.state = if more {
                         State::Reading { limit: REPLAY_PAGE }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::cmp::Ordering;
 
 /// A typed value: a literal, or a row's value converted for its column's class.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Const {
     Null,
     Bool(bool),

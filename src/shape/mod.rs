@@ -43,7 +43,7 @@ pub enum Previous<'a> {
 }
 
 /// One client's filter and projection over one collection.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shape {
     pub collection: String,
     filter: Option<Expr>,

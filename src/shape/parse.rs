@@ -20,7 +20,7 @@ const MAX_DEPTH: usize = 64;
 const PARSER_RECURSION: usize = 64;
 
 /// A filter, typed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expr {
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
@@ -59,13 +59,13 @@ pub enum CmpOp {
     GtEq,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operand {
     Column(Column),
     Const(Const),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     pub name: String,
     pub class: Class,
