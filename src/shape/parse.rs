@@ -9,15 +9,19 @@ use super::types::{Class, ColumnInfo};
 use super::ShapeError;
 use sqlparser::ast::{self, BinaryOperator, Expr as Sql, InTarget, Spanned, UnaryOperator};
 use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
-use sqlparser::tokenizer::Token;
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 /// Longer `where` texts are refused before parsing (they also bound the tree's depth).
 pub const MAX_WHERE_CHARS: usize = 4096;
-/// Nesting deeper than this is refused (parentheses, NOT, AND/OR chains).
-const MAX_DEPTH: usize = 64;
-/// The parser's own recursion limit.
-const PARSER_RECURSION: usize = 64;
+/// Trees deeper than this are refused (long AND/OR chains; use IN).
+const MAX_DEPTH: usize = 256;
+/// Parentheses and signs or NOTs nested deeper than this are refused before parsing: the
+/// parser recurses for each, with large frames (tens of KiB each in a debug build).
+const MAX_NESTING: usize = 16;
+/// The parser's own recursion limit, a second fence behind MAX_NESTING.
+const PARSER_RECURSION: usize = 40;
 
 /// A filter, typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,10 +108,13 @@ pub fn parse(cx: &Context, text: &str) -> Result<Expr, ShapeError> {
         ));
     }
     let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, text)
+        .tokenize_with_location()
+        .map_err(|e| parser_error(text, ParserError::TokenizerError(e.to_string())))?;
+    check_nesting(text, &tokens)?;
     let mut parser = Parser::new(&dialect)
         .with_recursion_limit(PARSER_RECURSION)
-        .try_with_sql(text)
-        .map_err(|e| parser_error(text, e))?;
+        .with_tokens_with_locations(tokens);
     let sql = parser.parse_expr().map_err(|e| parser_error(text, e))?;
     let next = parser.peek_token();
     if next.token != Token::EOF {
@@ -117,6 +124,36 @@ pub fn parse(cx: &Context, text: &str) -> Result<Expr, ShapeError> {
         ));
     }
     translate(cx, &sql, 0)
+}
+
+/// Refuses nesting the parser would recurse into too deeply: each open parenthesis, and each
+/// sign or NOT in a row, is one level.
+fn check_nesting(text: &str, tokens: &[TokenWithSpan]) -> Result<(), ShapeError> {
+    let mut open: Vec<usize> = Vec::new();
+    let mut run = 0;
+    for token in tokens {
+        match &token.token {
+            Token::Whitespace(_) => continue,
+            Token::LParen => {
+                open.push(open.last().copied().unwrap_or(0) + run + 1);
+                run = 0;
+            }
+            Token::RParen => {
+                open.pop();
+                run = 0;
+            }
+            Token::Minus | Token::Plus => run += 1,
+            Token::Word(w) if w.keyword == Keyword::NOT => run += 1,
+            _ => run = 0,
+        }
+        if open.last().copied().unwrap_or(0) + run > MAX_NESTING {
+            return Err(ShapeError::at(
+                position(text, token.span.start),
+                format!("the filter nests more than {MAX_NESTING} levels deep"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// 1-based character offset of a parser location (line and column, both 1-based).

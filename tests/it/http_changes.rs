@@ -496,8 +496,8 @@ async fn collections_status_readyz_and_metrics() {
     assert_eq!(
         body,
         json!({"collections": [
-            {"name": "public.a", "source": "pg", "key_columns": ["id"]},
-            {"name": "public.b", "source": "pg", "key_columns": ["id"]},
+            {"name": "public.a", "source": "pg", "key_columns": ["id"], "columns": null},
+            {"name": "public.b", "source": "pg", "key_columns": ["id"], "columns": null},
         ]})
     );
 

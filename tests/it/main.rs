@@ -32,3 +32,4 @@ mod pg_tls;
 mod quickstart;
 mod replication_connection;
 mod shape_differential;
+mod shape_pg;
