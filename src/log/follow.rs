@@ -11,6 +11,7 @@
 
 use super::interest::InterestGuard;
 use super::reader::{Page, ReadEntry, ReadFrom, RowFilter};
+use super::shape_index::ShapedReceiver;
 use super::writer::Prior;
 use super::writer::{Committed, StoredRecord};
 use super::{Log, LogError};
@@ -107,6 +108,15 @@ impl LiveCommit {
     }
 }
 
+/// Where live commits come from.
+enum Live {
+    /// Every commit.
+    All(broadcast::Receiver<Arc<Committed>>),
+    /// The commits that concern this follower's shape (shape_index.rs): the ones it does not
+    /// get held nothing for it, so a gap before a commit is no hole.
+    Shaped(ShapedReceiver),
+}
+
 enum State {
     /// Read the log from `pos`, at most `limit` entries.
     Reading {
@@ -123,7 +133,7 @@ enum State {
 pub struct Follower {
     log: Log,
     filter: Arc<RowFilter>,
-    live: broadcast::Receiver<Arc<Committed>>,
+    live: Live,
     /// Every matching entry with seq <= pos has been handed out.
     pos: u64,
     /// The purge mark when following began: only a later rise expires this follower.
@@ -143,8 +153,12 @@ impl Follower {
         let interest = filter
             .shape()
             .map(|shape| log.shapes.register(&shape.collection));
-        // Subscribe first: every commit after the snapshot read below reaches `live`.
-        let live = log.subscribe();
+        // Subscribe first: every commit after the snapshot read below reaches `live`. A shaped
+        // follower gets the commits that concern its shape from the index.
+        let live = match filter.shape() {
+            Some(shape) => Live::Shaped(log.shape_index.register(shape, || log.subscribe())),
+            None => Live::All(log.subscribe()),
+        };
         let pos = match &from {
             ReadFrom::Seq(seq) => *seq,
             ReadFrom::CommitTime(_) => 0,
@@ -238,15 +252,15 @@ impl Follower {
                         return Followed::Ready { seq: self.pos };
                     }
                 }
-                State::Live => match self.live.recv().await {
-                    Ok(commit) => {
+                State::Live => match self.next_commit().await {
+                    Ok((commit, complete)) => {
                         if self.expired(commit.purged_seq) {
                             return Followed::Ended(FollowEnd::Expired);
                         }
-                        if commit.last_seq <= self.pos {
+                        if commit.last_seq <= self.pos && complete {
                             continue;
                         }
-                        if commit.records.is_some() && commit.after_seq <= self.pos {
+                        if commit.records.is_some() && complete {
                             let after = std::mem::replace(&mut self.pos, commit.last_seq);
                             return Followed::Live(LiveCommit {
                                 commit,
@@ -261,6 +275,22 @@ impl Follower {
                     Err(RecvError::Closed) => return Followed::Ended(FollowEnd::Closed),
                 },
             }
+        }
+    }
+
+    /// The next live commit, and whether everything the follower needs before it has been
+    /// handed out (else it reads the log).
+    async fn next_commit(&mut self) -> Result<(Arc<Committed>, bool), RecvError> {
+        match &mut self.live {
+            Live::All(live) => {
+                let commit = live.recv().await?;
+                let complete = commit.after_seq <= self.pos;
+                Ok((commit, complete))
+            }
+            Live::Shaped(live) => match live.recv().await {
+                Some((commit, lagged)) => Ok((commit, !lagged)),
+                None => Err(RecvError::Closed),
+            },
         }
     }
 

@@ -24,6 +24,7 @@ mod pool;
 pub mod reader;
 pub mod retention;
 pub mod scope;
+mod shape_index;
 mod shaped;
 mod sqlite;
 mod store;
@@ -67,6 +68,8 @@ pub struct Log {
     death: watch::Receiver<Option<String>>,
     /// Collections that shaped followers read (the writer adds prior versions for them).
     shapes: Arc<interest::ShapeInterest>,
+    /// The live fan-out of shaped followers.
+    shape_index: Arc<shape_index::ShapeIndex>,
 }
 
 impl Log {
@@ -103,6 +106,7 @@ impl Log {
             head,
             death,
             shapes,
+            shape_index: Arc::default(),
         })
     }
 

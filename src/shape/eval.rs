@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::cmp::Ordering;
 
 /// A typed value: a literal, or a row's value converted for its column's class.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Const {
     Null,
     Bool(bool),
@@ -22,7 +22,7 @@ pub enum Const {
 
 /// A point in time; `At` holds the stored form `YYYY-MM-DDTHH:MM:SS.ffffffZ`, whose text order
 /// is time order. Variant order is the sort order.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Time {
     NegInf,
     At(String),

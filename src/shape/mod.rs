@@ -13,7 +13,7 @@ pub mod types;
 
 pub use eval::{convert, Const};
 pub use number::Num;
-pub use parse::{Expr, MAX_WHERE_CHARS};
+pub use parse::{Column, Expr, MAX_WHERE_CHARS};
 pub use types::{Class, ColumnInfo};
 
 use crate::record::{ChangeRecord, Op, Row};
@@ -30,6 +30,20 @@ impl ShapeError {
     fn at(position: usize, message: String) -> ShapeError {
         ShapeError { position, message }
     }
+}
+
+/// An equality every row of a shape satisfies: its column holds one of `values`. Live commits
+/// are matched against shapes through it (an index by value) rather than one by one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Equality {
+    pub column: Column,
+    pub values: Vec<Const>,
+}
+
+/// A column's value in a row as an [`Equality`] compares it (`None`: NULL, absent, or not
+/// comparable).
+pub fn value_in(row: &Row, column: &Column) -> Option<Const> {
+    eval::convert(eval::lookup(row, column)?, column.class)
 }
 
 /// What is known of a row just before the record being shaped.
@@ -92,9 +106,51 @@ impl Shape {
         }
     }
 
-    /// The filter, for indexing.
-    pub fn filter(&self) -> Option<&Expr> {
-        self.filter.as_ref()
+    /// An equality the filter implies (`col = v` or `col IN (…)` at its top level, or in one
+    /// arm of a top-level AND), for indexing. Without a catalog only numbers and booleans are
+    /// indexed: a text compares equal to a Mongo date of the same instant, which an index by
+    /// value would miss.
+    pub fn equality(&self) -> Option<Equality> {
+        fn find(expr: &Expr) -> Option<Equality> {
+            let indexable = |c: &Column, v: &Const| {
+                c.class != Class::Dynamic || matches!(v, Const::Num(_) | Const::Bool(_))
+            };
+            match expr {
+                Expr::And(a, b) => find(a).or_else(|| find(b)),
+                Expr::Cmp {
+                    left: parse::Operand::Column(c),
+                    op: parse::CmpOp::Eq,
+                    right: parse::Operand::Const(v),
+                }
+                | Expr::Cmp {
+                    left: parse::Operand::Const(v),
+                    op: parse::CmpOp::Eq,
+                    right: parse::Operand::Column(c),
+                } if indexable(c, v) => Some(Equality {
+                    column: c.clone(),
+                    values: vec![v.clone()],
+                }),
+                Expr::In {
+                    column,
+                    list,
+                    negated: false,
+                } if list
+                    .iter()
+                    .all(|v| *v == Const::Null || indexable(column, v)) =>
+                {
+                    Some(Equality {
+                        column: column.clone(),
+                        values: list
+                            .iter()
+                            .filter(|v| **v != Const::Null)
+                            .cloned()
+                            .collect(),
+                    })
+                }
+                _ => None,
+            }
+        }
+        self.filter.as_ref().and_then(find)
     }
 
     /// What the client receives for `record` (`None`: nothing).

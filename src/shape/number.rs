@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 
 /// A number as a filter compares it. Variant order is the sort order.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Num {
     NegInf,
     Finite(Decimal),
@@ -14,7 +14,7 @@ pub enum Num {
 
 /// A finite decimal: `0.digits × 10^exp` with no leading or trailing zero digits (zero has
 /// none and is never negative).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Decimal {
     negative: bool,
     digits: Vec<u8>,
