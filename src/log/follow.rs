@@ -11,7 +11,7 @@
 
 use super::interest::InterestGuard;
 use super::reader::{Page, ReadEntry, ReadFrom, RowFilter};
-use super::shape_index::ShapedReceiver;
+use super::shape_index::{Delivery, ShapedReceiver};
 use super::writer::Prior;
 use super::writer::{Committed, StoredRecord};
 use super::{Log, LogError};
@@ -59,19 +59,22 @@ pub struct LiveCommit {
     commit: Arc<Committed>,
     after: u64,
     filter: Arc<RowFilter>,
+    /// The indexes of the only records that can concern this follower (its shape's index
+    /// found them), or `None`: any of them.
+    only: Option<Vec<u32>>,
 }
 
 impl LiveCommit {
     /// The commit's records after the follower's position that its filter lets through.
     pub fn records(&self) -> impl Iterator<Item = &StoredRecord> {
-        self.commit
-            .records
-            .iter()
-            .flatten()
-            .map(|record| &**record)
-            .filter(move |r| {
-                r.seq > self.after && self.filter.allows(&r.collection, &r.scope, r.op)
-            })
+        let records = self.commit.records.as_deref().unwrap_or_default();
+        let picked: Box<dyn Iterator<Item = &Arc<StoredRecord>> + Send + '_> = match &self.only {
+            None => Box::new(records.iter()),
+            Some(only) => Box::new(only.iter().filter_map(|&at| records.get(at as usize))),
+        };
+        picked.map(|record| &**record).filter(move |r| {
+            r.seq > self.after && self.filter.allows(&r.collection, &r.scope, r.op)
+        })
     }
 }
 
@@ -253,7 +256,7 @@ impl Follower {
                     }
                 }
                 State::Live => match self.next_commit().await {
-                    Ok((commit, complete)) => {
+                    Ok(((commit, only), complete)) => {
                         if self.expired(commit.purged_seq) {
                             return Followed::Ended(FollowEnd::Expired);
                         }
@@ -266,6 +269,7 @@ impl Follower {
                                 commit,
                                 after,
                                 filter: self.filter.clone(),
+                                only,
                             });
                         }
                         // Too large to broadcast, or a hole before it: read the log.
@@ -280,15 +284,15 @@ impl Follower {
 
     /// The next live commit, and whether everything the follower needs before it has been
     /// handed out (else it reads the log).
-    async fn next_commit(&mut self) -> Result<(Arc<Committed>, bool), RecvError> {
+    async fn next_commit(&mut self) -> Result<(Delivery, bool), RecvError> {
         match &mut self.live {
             Live::All(live) => {
                 let commit = live.recv().await?;
                 let complete = commit.after_seq <= self.pos;
-                Ok((commit, complete))
+                Ok(((commit, None), complete))
             }
             Live::Shaped(live) => match live.recv().await {
-                Some((commit, lagged)) => Ok((commit, !lagged)),
+                Some((delivery, lagged)) => Ok((delivery, !lagged)),
                 None => Err(RecvError::Closed),
             },
         }

@@ -30,9 +30,13 @@ struct Sub {
     collection: String,
     /// Where it sits in the index: (column name, values), or `None` (matched by collection).
     indexed: Option<(String, Vec<Const>)>,
-    queue: mpsc::Sender<Arc<Committed>>,
+    queue: mpsc::Sender<Delivery>,
     lagged: Arc<AtomicBool>,
 }
+
+/// A commit for one follower: `Some(indexes)` of the records that concern it (the others need
+/// not even be looked at), or `None` for all of them.
+pub type Delivery = (Arc<Committed>, Option<Vec<u32>>);
 
 /// One collection's shaped followers.
 #[derive(Default)]
@@ -161,10 +165,20 @@ impl ShapeIndex {
         if index.subs.is_empty() {
             return;
         }
-        let mut targets: HashSet<SubId> = HashSet::new();
+        let mut targets: HashMap<SubId, Option<Vec<u32>>> = HashMap::new();
+        let mut add = |ids: &mut dyn Iterator<Item = &SubId>, at: usize| {
+            for id in ids {
+                let only = targets.entry(*id).or_insert_with(|| Some(Vec::new()));
+                if let Some(only) = only {
+                    if only.last() != Some(&(at as u32)) {
+                        only.push(at as u32);
+                    }
+                }
+            }
+        };
         match &commit.records {
             Some(records) if !purge_rose => {
-                for record in records {
+                for (at, record) in records.iter().enumerate() {
                     let Some(subs) = index.collections.get(&record.collection) else {
                         continue;
                     };
@@ -172,15 +186,15 @@ impl ShapeIndex {
                         Prior::Row(row) => Some(&**row),
                         Prior::Absent => None,
                         Prior::Unknown => {
-                            targets.extend(&subs.all);
+                            add(&mut subs.all.iter(), at);
                             continue;
                         }
                     };
                     if record.op == Op::Truncate {
-                        targets.extend(&subs.all);
+                        add(&mut subs.all.iter(), at);
                         continue;
                     }
-                    targets.extend(&subs.unindexed);
+                    add(&mut subs.unindexed.iter(), at);
                     if subs.columns.is_empty() {
                         continue;
                     }
@@ -192,18 +206,22 @@ impl ShapeIndex {
                         for row in [after.as_ref(), prior].into_iter().flatten() {
                             if let Some(ids) = value_in(row, column).and_then(|v| by_value.get(&v))
                             {
-                                targets.extend(ids);
+                                add(&mut ids.iter(), at);
                             }
                         }
                     }
                 }
             }
             // Too large to hold, or the purge mark rose: everyone looks for themselves.
-            _ => targets.extend(index.subs.keys()),
+            _ => {
+                for id in index.subs.keys() {
+                    targets.insert(*id, None);
+                }
+            }
         }
-        for id in targets {
+        for (id, only) in targets {
             if let Some(sub) = index.subs.get(&id) {
-                if sub.queue.try_send(commit.clone()).is_err() {
+                if sub.queue.try_send((commit.clone(), only)).is_err() {
                     sub.lagged.store(true, Ordering::SeqCst);
                 }
             }
@@ -214,12 +232,15 @@ impl ShapeIndex {
         for sub in self.lock().subs.values() {
             sub.lagged.store(true, Ordering::SeqCst);
             // Wake it: an empty queue would otherwise keep it waiting.
-            let _ = sub.queue.try_send(Arc::new(Committed {
-                after_seq: 0,
-                last_seq: 0,
-                records: Some(Vec::new()),
-                purged_seq: 0,
-            }));
+            let _ = sub.queue.try_send((
+                Arc::new(Committed {
+                    after_seq: 0,
+                    last_seq: 0,
+                    records: Some(Vec::new()),
+                    purged_seq: 0,
+                }),
+                None,
+            ));
         }
     }
 }
@@ -260,16 +281,16 @@ async fn dispatch(index: Weak<ShapeIndex>, mut commits: broadcast::Receiver<Arc<
 pub struct ShapedReceiver {
     id: SubId,
     index: Arc<ShapeIndex>,
-    rx: mpsc::Receiver<Arc<Committed>>,
+    rx: mpsc::Receiver<Delivery>,
     lagged: Arc<AtomicBool>,
 }
 
 impl ShapedReceiver {
     /// The next commit that concerns the follower, and whether commits were dropped before
     /// it (then the follower reads the log instead). `None`: the log closed.
-    pub async fn recv(&mut self) -> Option<(Arc<Committed>, bool)> {
-        let commit = self.rx.recv().await?;
-        Some((commit, self.lagged.swap(false, Ordering::SeqCst)))
+    pub async fn recv(&mut self) -> Option<(Delivery, bool)> {
+        let delivery = self.rx.recv().await?;
+        Some((delivery, self.lagged.swap(false, Ordering::SeqCst)))
     }
 }
 
@@ -383,8 +404,9 @@ mod tests {
         for seq in 1..=(QUEUE as u64 + 5) {
             index.deliver(&commit(seq, record(seq, 1, Prior::Absent)));
         }
-        let (_, lagged) = rx.recv().await.unwrap();
+        let ((_, only), lagged) = rx.recv().await.unwrap();
         assert!(lagged);
+        assert_eq!(only, Some(vec![0]));
         let (_, lagged) = rx.recv().await.unwrap();
         assert!(!lagged);
     }
