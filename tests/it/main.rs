@@ -32,4 +32,6 @@ mod pg_tls;
 mod quickstart;
 mod replication_connection;
 mod shape_differential;
+mod shape_mongo;
 mod shape_pg;
+mod shape_scope;
