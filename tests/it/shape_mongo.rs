@@ -34,13 +34,9 @@ async fn documents_move_in_and_out_of_a_shape() {
     // Wait until the relay has the documents, then follow the shape live.
     let mut fresh = State::new();
     for _ in 0..300 {
-        let body = get(
-            s.addr,
-            &format!("/v1/changes?collections=app.events&since=0"),
-            &[],
-        )
-        .await
-        .json();
+        let body = get(s.addr, "/v1/changes?collections=app.events&since=0", &[])
+            .await
+            .json();
         if body["changes"].as_array().map_or(0, Vec::len) >= ids.len() {
             break;
         }
