@@ -58,8 +58,9 @@ impl RawParams {
                             .ok()
                             .filter(|i| (1..=MAX_PARAMS).contains(i))
                             .ok_or_else(|| {
+                                // Not the name itself: it may be long.
                                 ApiError::bad_parameter(
-                                    &name,
+                                    "params[n]",
                                     format!("parameters are numbered 1 to {MAX_PARAMS}"),
                                 )
                             })?;
