@@ -151,3 +151,17 @@ def bson_doc(fields):
     return struct.pack("<i", len(body) + 5) + body + b"\0"
 write("mongo_events", "bson-delete", b"\x00" + bson_doc([
     ("operationType", "delete"), ("ns", [("db", "app"), ("coll", "events")]), ("documentKey", [("_id", 1)])]))
+
+# ---------------------------------------------------------------- shape
+for name, text in [
+    ("eq", "owner = 7"),
+    ("in", "owner IN (1, 2, NULL) AND NOT done"),
+    ("like", "title ILIKE 'o''b%' OR title LIKE 'a\\_%'"),
+    ("types", "n > '12.5' AND f <> 'NaN' AND at >= '2025-01-15 11:00:00+02' AND day < '2026-01-01'"),
+    ("params", "owner = $1 OR title = $2 OR day = $3"),
+    ("nulls", "id IS NULL OR doc IS NOT NULL"),
+    ("mongo", "\"address.city\" = 'Oslo'\n{\"address\": {\"city\": \"Oslo\"}}"),
+    ("bad", "owner = 1; DROP TABLE t"),
+    ("deep", "(" * 20 + "owner = 1" + ")" * 20),
+]:
+    write("shape", name, text)

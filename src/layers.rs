@@ -14,6 +14,8 @@ const LAYERS: &[(&str, u8)] = &[
     // `deltarelay check` results and their report.
     ("check", 0),
     // The log: writing, reading and following it.
+    // Shapes: row filters and projections over change records.
+    ("shape", 1),
     ("log", 2),
     // What feeds the log, and who may read it.
     ("source", 3),

@@ -30,6 +30,7 @@ pub mod http;
 pub mod log;
 pub mod record;
 pub mod relay;
+pub mod shape;
 pub mod source;
 pub mod sse;
 pub mod systemd;

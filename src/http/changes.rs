@@ -3,6 +3,7 @@
 use super::auth::Caller;
 use super::error::ApiError;
 use super::params::{self, RawParams, Since};
+use super::shape;
 use super::{check_snapshot, SharedState};
 use crate::log::{Page, ReadFrom, RowFilter};
 use crate::telemetry;
@@ -24,8 +25,9 @@ pub async fn changes(
     let limit = params::parse_limit(raw.limit.as_deref())?;
     let wait = params::parse_wait(raw.wait.as_deref())?;
     let collections = params::parse_collections(raw.collections.as_deref())?;
-    let filter = Arc::new(shared.gate.filter(&caller, collections.as_deref())?);
+    let filter = shared.gate.filter(&caller, collections.as_deref())?;
     shared.check_request(&since, collections.as_deref()).await?;
+    let filter = Arc::new(shape::shaped(shared.log(), filter, collections.as_deref(), &raw).await?);
 
     let deadline = Instant::now() + wait;
     let mut head = shared.log().head();
@@ -47,6 +49,11 @@ pub async fn changes(
         if !page.entries.is_empty() || Instant::now() >= deadline || *shutdown.borrow() {
             break page;
         }
+        if page.has_more {
+            // A shape left this page's entries out: read on.
+            from = ReadFrom::Seq(page.scanned_seq);
+            continue;
+        }
         // Nothing yet: everything up to the snapshot's head is known not to match.
         let seen = page.head_seq;
         from = ReadFrom::Seq(seen);
@@ -57,9 +64,15 @@ pub async fn changes(
         }
     };
 
-    let cursor = match page.entries.last() {
-        Some(last) => shared.cursor(last.seq),
-        None => raw
+    // Past the entries a shape left out, too.
+    let last = page
+        .entries
+        .last()
+        .map_or(0, |e| e.seq)
+        .max(page.scanned_seq);
+    let cursor = match last {
+        1.. => shared.cursor(last),
+        0 => raw
             .since
             .as_deref()
             .map(str::trim)

@@ -10,6 +10,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header (429, 503).
     pub retry_after: Option<u64>,
+    /// Where in `where` a refused filter goes wrong (1-based character), for `bad_where`.
+    pub position: Option<usize>,
 }
 
 impl ApiError {
@@ -19,6 +21,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            position: None,
         }
     }
 
@@ -34,6 +37,17 @@ impl ApiError {
             "invalid_parameter",
             format!("invalid {name}: {message}"),
         )
+    }
+
+    /// 400 for a refused `where`: what is wrong and where.
+    pub fn bad_where(error: &crate::shape::ShapeError) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_where",
+            format!("invalid where {error}"),
+        );
+        e.position = Some(error.position);
+        e
     }
 
     pub fn unknown_collection(name: &str) -> ApiError {
@@ -58,7 +72,13 @@ impl ApiError {
     }
 
     pub fn body(&self) -> String {
-        serde_json::json!({"error": self.code, "message": self.message}).to_string()
+        match self.position {
+            None => serde_json::json!({"error": self.code, "message": self.message}),
+            Some(position) => serde_json::json!({
+                "error": self.code, "message": self.message, "position": position
+            }),
+        }
+        .to_string()
     }
 }
 

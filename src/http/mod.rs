@@ -14,6 +14,7 @@ pub mod mutations;
 mod openapi;
 pub mod params;
 mod server;
+mod shape;
 mod status;
 mod stream;
 

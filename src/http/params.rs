@@ -8,6 +8,8 @@ use std::time::Duration;
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
 pub const MAX_WAIT_SECONDS: f64 = 60.0;
+/// `params[1]` … `params[MAX_PARAMS]`.
+const MAX_PARAMS: usize = 100;
 /// More names than this in `collections` is a malformed request, not a filter.
 const MAX_COLLECTIONS: usize = 1000;
 
@@ -29,6 +31,10 @@ pub struct RawParams {
     pub collections: Option<String>,
     pub limit: Option<String>,
     pub wait: Option<String>,
+    /// A shape's filter, projection and `$n` parameters (`params[n]=…`).
+    pub where_: Option<String>,
+    pub columns: Option<String>,
+    pub params: Vec<(usize, String)>,
 }
 
 impl RawParams {
@@ -40,7 +46,31 @@ impl RawParams {
                 "collections" => &mut raw.collections,
                 "limit" => &mut raw.limit,
                 "wait" => &mut raw.wait,
-                _ => continue,
+                "where" => &mut raw.where_,
+                "columns" => &mut raw.columns,
+                _ => {
+                    if let Some(n) = name
+                        .strip_prefix("params[")
+                        .and_then(|n| n.strip_suffix(']'))
+                    {
+                        let index = n
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|i| (1..=MAX_PARAMS).contains(i))
+                            .ok_or_else(|| {
+                                // Not the name itself: it may be long.
+                                ApiError::bad_parameter(
+                                    "params[n]",
+                                    format!("parameters are numbered 1 to {MAX_PARAMS}"),
+                                )
+                            })?;
+                        if raw.params.iter().any(|(i, _)| *i == index) {
+                            return Err(ApiError::bad_parameter(&name, "given more than once"));
+                        }
+                        raw.params.push((index, value));
+                    }
+                    continue;
+                }
             };
             if slot.is_some() {
                 return Err(ApiError::bad_parameter(&name, "given more than once"));

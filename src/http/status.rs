@@ -29,7 +29,7 @@ pub async fn collections(
                 crate::auth::Grant::Denied(_)
             )
         })
-        .map(|s| json!({"name": s.name, "source": s.source, "key_columns": s.key_columns}))
+        .map(|s| json!({"name": s.name, "source": s.source, "key_columns": s.key_columns, "columns": s.columns}))
         .collect();
     Ok(Json(json!({ "collections": list })).into_response())
 }

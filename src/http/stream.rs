@@ -14,6 +14,7 @@
 use super::auth::{Caller, StreamSlot};
 use super::error::ApiError;
 use super::params::{self, RawParams, Since};
+use super::shape;
 use super::{check_snapshot, SharedState};
 use crate::log::{follow, Cursor, FollowEnd, Followed, Follower, ReadFrom};
 use crate::sse::{self, ChangeEvent};
@@ -68,8 +69,9 @@ pub async fn stream(
         None => params::parse_since("since", raw.since.as_deref())?,
     };
     let collections = params::parse_collections(raw.collections.as_deref())?;
-    let filter = Arc::new(shared.gate.filter(&caller, collections.as_deref())?);
+    let filter = shared.gate.filter(&caller, collections.as_deref())?;
     shared.check_request(&since, collections.as_deref()).await?;
+    let filter = Arc::new(shape::shaped(shared.log(), filter, collections.as_deref(), &raw).await?);
     let slot = shared.gate.open_stream(&caller)?;
 
     let from = match &since {
@@ -340,8 +342,8 @@ fn events(
                     next_heartbeat = Some(Instant::now() + heartbeat_every);
                 }
                 Followed::Live(commit) => {
-                    for record in commit.records() {
-                        out.event(&record.event);
+                    for event in commit.events() {
+                        out.event(&event);
                         if out.full() {
                             yield Ok(in_flight.track(out.take()).await);
                         }

@@ -19,6 +19,12 @@ pub(super) enum Command {
         floor: u64,
     },
     RemoveCollection(String),
+    /// A collection's columns and types as its source's catalog has them (JSON of
+    /// `Vec<ColumnInfo>`): what shapes type their filters by and `/v1/collections` lists.
+    Columns {
+        collection: String,
+        columns: String,
+    },
     ResetSource {
         source: String,
         reply: oneshot::Sender<Result<u64, LogError>>,
@@ -149,6 +155,16 @@ fn run(
                         failed = Some(e);
                         break;
                     }
+                }
+            }
+            Command::Columns {
+                collection,
+                columns,
+            } => {
+                // Outside or inside a source's open transaction alike: metadata that each
+                // session of the source writes again, so a rollback loses nothing for long.
+                if let Err(e) = writer.set_columns(&collection, &columns) {
+                    tracing::warn!(%collection, error = %e, "could not store a collection's columns");
                 }
             }
             Command::RemoveCollection(collection) => {

@@ -12,6 +12,7 @@
 use super::actor::Command;
 use super::reader::{CollectionSummary, LogReader, Page, ReadFrom, RowFilter};
 use super::LogError;
+use crate::shape::ColumnInfo;
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 
@@ -42,6 +43,12 @@ pub(crate) trait LogBackend: Send + Sync + 'static {
     fn collections(&self) -> BoxFuture<'_, Result<Vec<String>, LogError>>;
 
     fn collection_summaries(&self) -> BoxFuture<'_, Result<Vec<CollectionSummary>, LogError>>;
+
+    /// A collection's columns and types, when its source stored them.
+    fn columns(
+        &self,
+        collection: String,
+    ) -> BoxFuture<'_, Result<Option<Vec<ColumnInfo>>, LogError>>;
 
     /// Whether `source` has any entry (it copied or streamed something).
     fn has_entries_of(&self, source: String) -> BoxFuture<'_, Result<bool, LogError>>;

@@ -9,10 +9,17 @@
 //! `pos`. What a slow reader leaves behind is bounded by the broadcast channel's capacity,
 //! shared by all followers.
 
+use super::interest::InterestGuard;
 use super::reader::{Page, ReadEntry, ReadFrom, RowFilter};
+use super::shape_index::{Delivery, ShapedReceiver};
+use super::writer::Prior;
 use super::writer::{Committed, StoredRecord};
 use super::{Log, LogError};
+use crate::record::ChangeRecord;
+use crate::shape::Previous;
+use crate::sse::ChangeEvent;
 use crate::telemetry;
+use std::borrow::Cow;
 use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError};
 
@@ -52,20 +59,65 @@ pub struct LiveCommit {
     commit: Arc<Committed>,
     after: u64,
     filter: Arc<RowFilter>,
+    /// The indexes of the only records that can concern this follower (its shape's index
+    /// found them), or `None`: any of them.
+    only: Option<Vec<u32>>,
 }
 
 impl LiveCommit {
     /// The commit's records after the follower's position that its filter lets through.
     pub fn records(&self) -> impl Iterator<Item = &StoredRecord> {
-        self.commit
-            .records
-            .iter()
-            .flatten()
-            .map(|record| &**record)
-            .filter(move |r| {
-                r.seq > self.after && self.filter.allows(&r.collection, &r.scope, r.op)
+        let records = self.commit.records.as_deref().unwrap_or_default();
+        let picked: Box<dyn Iterator<Item = &Arc<StoredRecord>> + Send + '_> = match &self.only {
+            None => Box::new(records.iter()),
+            Some(only) => Box::new(only.iter().filter_map(|&at| records.get(at as usize))),
+        };
+        picked.map(|record| &**record).filter(move |r| {
+            r.seq > self.after && self.filter.allows(&r.collection, &r.scope, r.op)
+        })
+    }
+}
+
+impl LiveCommit {
+    /// The events its follower sends for this commit: [`LiveCommit::records`]' events, each
+    /// through the follower's shape when it has one.
+    pub fn events(&self) -> impl Iterator<Item = Cow<'_, ChangeEvent>> {
+        self.records()
+            .filter_map(move |record| match self.filter.shape() {
+                Some(shape) if record.collection == shape.collection => {
+                    let previous = match &record.prior {
+                        Prior::Unknown => Previous::Unknown,
+                        Prior::Absent => Previous::Absent,
+                        Prior::Row(row) => Previous::Row(row),
+                    };
+                    // The writer serialized it, so it parses; were it not to, sending it unshaped
+                    // could show columns the shape leaves out.
+                    let parsed: ChangeRecord = serde_json::from_slice(record.event.json()).ok()?;
+                    let shaped = shape.apply(&parsed, previous)?;
+                    let json = serde_json::to_vec(&shaped).ok()?;
+                    let event = ChangeEvent::build::<std::convert::Infallible>(
+                        &shaped.cursor,
+                        json.len(),
+                        |buf| {
+                            buf.extend_from_slice(&json);
+                            Ok(())
+                        },
+                    )
+                    .ok()?;
+                    Some(Cow::Owned(event))
+                }
+                _ => Some(Cow::Borrowed(&record.event)),
             })
     }
+}
+
+/// Where live commits come from.
+enum Live {
+    /// Every commit.
+    All(broadcast::Receiver<Arc<Committed>>),
+    /// The commits that concern this follower's shape (shape_index.rs): the ones it does not
+    /// get held nothing for it, so a gap before a commit is no hole.
+    Shaped(ShapedReceiver),
 }
 
 enum State {
@@ -84,13 +136,14 @@ enum State {
 pub struct Follower {
     log: Log,
     filter: Arc<RowFilter>,
-    live: broadcast::Receiver<Arc<Committed>>,
+    live: Live,
     /// Every matching entry with seq <= pos has been handed out.
     pos: u64,
     /// The purge mark when following began: only a later rise expires this follower.
     start_mark: u64,
     state: State,
     ready: bool,
+    _interest: Option<InterestGuard>,
 }
 
 impl Follower {
@@ -99,15 +152,29 @@ impl Follower {
         from: ReadFrom,
         filter: Arc<RowFilter>,
     ) -> Result<Follower, LogError> {
-        // Subscribe first: every commit after the snapshot read below reaches `live`.
-        let live = log.subscribe();
+        // Shaped: from now on the writer says what each changed row was before.
+        let interest = filter
+            .shape()
+            .map(|shape| log.shapes.register(&shape.collection));
+        // Subscribe first: every commit after the snapshot read below reaches `live`. A shaped
+        // follower gets the commits that concern its shape from the index.
+        let live = match filter.shape() {
+            Some(shape) => Live::Shaped(log.shape_index.register(shape, || log.subscribe())),
+            None => Live::All(log.subscribe()),
+        };
         let pos = match &from {
             ReadFrom::Seq(seq) => *seq,
             ReadFrom::CommitTime(_) => 0,
         };
+        let from_start = from == ReadFrom::Seq(0);
         let first = log
             .page(from, filter.clone(), REPLAY_PAGE, REPLAY_BYTES)
             .await?;
+        // A replay from the start: the client holds nothing that the first snapshot had.
+        let filter = match filter.shape() {
+            Some(_) if from_start => Arc::new(filter.fresh_until(first.head_seq)),
+            _ => filter,
+        };
         Ok(Follower {
             log,
             filter,
@@ -116,6 +183,7 @@ impl Follower {
             start_mark: first.purged_seq,
             state: State::Holding(first),
             ready: false,
+            _interest: interest,
         })
     }
 
@@ -164,9 +232,8 @@ impl Follower {
                     if self.expired(page.purged_seq) {
                         return Followed::Ended(FollowEnd::Expired);
                     }
-                    if let Some(last) = page.entries.last() {
-                        self.pos = last.seq;
-                    }
+                    // Past the entries a shape left out, too.
+                    self.pos = self.pos.max(page.scanned_seq);
                     let more = page.has_more;
                     self.state = if more {
                         State::Reading { limit: REPLAY_PAGE }
@@ -188,20 +255,21 @@ impl Follower {
                         return Followed::Ready { seq: self.pos };
                     }
                 }
-                State::Live => match self.live.recv().await {
-                    Ok(commit) => {
+                State::Live => match self.next_commit().await {
+                    Ok(((commit, only), complete)) => {
                         if self.expired(commit.purged_seq) {
                             return Followed::Ended(FollowEnd::Expired);
                         }
-                        if commit.last_seq <= self.pos {
+                        if commit.last_seq <= self.pos && complete {
                             continue;
                         }
-                        if commit.records.is_some() && commit.after_seq <= self.pos {
+                        if commit.records.is_some() && complete {
                             let after = std::mem::replace(&mut self.pos, commit.last_seq);
                             return Followed::Live(LiveCommit {
                                 commit,
                                 after,
                                 filter: self.filter.clone(),
+                                only,
                             });
                         }
                         // Too large to broadcast, or a hole before it: read the log.
@@ -211,6 +279,22 @@ impl Follower {
                     Err(RecvError::Closed) => return Followed::Ended(FollowEnd::Closed),
                 },
             }
+        }
+    }
+
+    /// The next live commit, and whether everything the follower needs before it has been
+    /// handed out (else it reads the log).
+    async fn next_commit(&mut self) -> Result<(Delivery, bool), RecvError> {
+        match &mut self.live {
+            Live::All(live) => {
+                let commit = live.recv().await?;
+                let complete = commit.after_seq <= self.pos;
+                Ok(((commit, None), complete))
+            }
+            Live::Shaped(live) => match live.recv().await {
+                Some((delivery, lagged)) => Ok((delivery, !lagged)),
+                None => Err(RecvError::Closed),
+            },
         }
     }
 

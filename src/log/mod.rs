@@ -18,11 +18,14 @@ mod checkpoint;
 pub mod cursor;
 mod error;
 pub mod follow;
+mod interest;
 mod large;
 mod pool;
 pub mod reader;
 pub mod retention;
 pub mod scope;
+mod shape_index;
+mod shaped;
 mod sqlite;
 mod store;
 mod writer;
@@ -31,11 +34,12 @@ pub use cursor::Cursor;
 pub use error::LogError;
 pub use follow::{FollowEnd, Followed, Follower, LiveCommit};
 pub use reader::{CollectionSummary, LogReader, Page, ReadEntry, ReadFrom, RowFilter};
-pub use writer::{Committed, StoredRecord, MAX_BROADCAST_BYTES, MAX_BROADCAST_RECORDS};
+pub use writer::{Committed, Prior, StoredRecord, MAX_BROADCAST_BYTES, MAX_BROADCAST_RECORDS};
 
 pub use backend::LogStats;
 
 use crate::record::{Change, TxMeta};
+use crate::shape::ColumnInfo;
 use actor::Command;
 use backend::LogBackend;
 use sqlite::SqliteBackend;
@@ -62,6 +66,10 @@ pub struct Log {
     head: watch::Receiver<u64>,
     /// `Some(reason)` once the writer thread has died.
     death: watch::Receiver<Option<String>>,
+    /// Collections that shaped followers read (the writer adds prior versions for them).
+    shapes: Arc<interest::ShapeInterest>,
+    /// The live fan-out of shaped followers.
+    shape_index: Arc<shape_index::ShapeIndex>,
 }
 
 impl Log {
@@ -78,6 +86,8 @@ impl Log {
         let (committed, _) = broadcast::channel(COMMITTED_BROADCAST);
         let listeners = committed.clone();
         writer.hold_records_while(move || listeners.receiver_count() > 0);
+        let shapes = Arc::new(interest::ShapeInterest::default());
+        writer.watch_shapes(shapes.clone());
         let (head_tx, head) = watch::channel(writer.head_seq());
         let outlets = actor::Outlets {
             committed: committed.clone(),
@@ -95,6 +105,8 @@ impl Log {
             committed,
             head,
             death,
+            shapes,
+            shape_index: Arc::default(),
         })
     }
 
@@ -185,6 +197,26 @@ impl Log {
     /// Name, source and key columns of every collection.
     pub async fn collection_summaries(&self) -> Result<Vec<CollectionSummary>, LogError> {
         self.backend.collection_summaries().await
+    }
+
+    /// A collection's columns and types, when its source stored them.
+    pub async fn columns(&self, collection: &str) -> Result<Option<Vec<ColumnInfo>>, LogError> {
+        self.backend.columns(collection.to_string()).await
+    }
+
+    /// Stores a collection's columns and types (its source's catalog), for shapes and
+    /// `/v1/collections`.
+    pub async fn set_columns(
+        &self,
+        collection: &str,
+        columns: &[ColumnInfo],
+    ) -> Result<(), LogError> {
+        let columns = serde_json::to_string(columns)?;
+        self.send(Command::Columns {
+            collection: collection.to_string(),
+            columns,
+        })
+        .await
     }
 
     /// Whether `source` has written anything.

@@ -1,13 +1,16 @@
 //! Read-only access to the log, beside the writer (SQLite WAL mode allows both at once).
 
 use super::large;
+use super::shaped::ShapeRead;
 use super::store;
 use super::LogError;
 use crate::record::Op;
+use crate::shape::{ColumnInfo, Shape};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Which entries a reader may see: whole collections and, in scoped collections, the rows of
 /// one scope value (plus the collection's truncate, which concerns every scope).
@@ -15,6 +18,8 @@ use std::path::Path;
 pub struct RowFilter {
     /// `None`: every collection, unrestricted.
     rules: Option<Rules>,
+    /// A client's shape over the one collection it reads.
+    shape: Option<ShapeRead>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,13 +33,17 @@ struct Rules {
 impl RowFilter {
     /// Everything.
     pub fn all() -> RowFilter {
-        RowFilter { rules: None }
+        RowFilter {
+            rules: None,
+            shape: None,
+        }
     }
 
     /// Nothing yet; add to it with [`RowFilter::full`], [`RowFilter::scoped`], [`RowFilter::others`].
     pub fn none() -> RowFilter {
         RowFilter {
             rules: Some(Rules::default()),
+            shape: None,
         }
     }
 
@@ -68,6 +77,29 @@ impl RowFilter {
             rules.others_except = Some(named);
         }
         self
+    }
+
+    /// Reads through `shape` (its collection must be the one the filter lets through).
+    pub fn shaped(mut self, shape: Arc<Shape>) -> RowFilter {
+        self.shape = (!shape.is_everything()).then_some(ShapeRead {
+            shape,
+            fresh_until: 0,
+        });
+        self
+    }
+
+    /// The same filter, for a replay from the start of the log whose first snapshot's head
+    /// was `seq` (see [`ShapeRead::fresh_until`]).
+    pub fn fresh_until(&self, seq: u64) -> RowFilter {
+        let mut filter = self.clone();
+        if let Some(shape) = filter.shape.as_mut() {
+            shape.fresh_until = seq;
+        }
+        filter
+    }
+
+    pub fn shape(&self) -> Option<&Arc<Shape>> {
+        self.shape.as_ref().map(|s| &s.shape)
     }
 
     /// Whether an entry belongs to the filter: the same rule as the reads, for live records.
@@ -114,6 +146,9 @@ pub struct Page {
     pub entries: Vec<ReadEntry>,
     /// More matching entries exist after the last one returned (in the same snapshot).
     pub has_more: bool,
+    /// The seq of the last entry the read covered, returned or not (a shape may leave entries
+    /// out); 0 when it covered none. Reading on from it skips nothing.
+    pub scanned_seq: u64,
     /// The committed head of the snapshot: every matching entry up to it was returned when
     /// `has_more` is false.
     pub head_seq: u64,
@@ -128,6 +163,8 @@ pub struct CollectionSummary {
     pub source: Option<String>,
     /// The names in the latest keyed record's `key`, in the source's order.
     pub key_columns: Vec<String>,
+    /// Columns and types, when the source has a catalog (Postgres).
+    pub columns: Option<Vec<ColumnInfo>>,
 }
 
 impl LogReader {
@@ -207,6 +244,7 @@ impl LogReader {
                 entries.truncate(split);
             }
         }
+        let scanned_seq = entries.last().map_or(0, |e| e.seq);
         if !has_more {
             if let (ReadFrom::CommitTime(_), Some(last)) = (from, entries.last()) {
                 // The next page is read by cursor: say whether it has anything.
@@ -217,9 +255,13 @@ impl LogReader {
             }
         }
         snapshot.finish()?;
+        if let Some(shape) = &filter.shape {
+            entries = shape.apply(entries, *from == ReadFrom::Seq(0))?;
+        }
         Ok(Page {
             entries,
             has_more,
+            scanned_seq,
             head_seq,
             purged_seq,
         })
@@ -392,13 +434,26 @@ impl LogReader {
                 .and_then(|r| r["key"].as_object())
                 .map(|key| key.keys().cloned().collect())
                 .unwrap_or_default();
+            let columns = self.columns(&name)?;
             out.push(CollectionSummary {
                 name,
                 source,
                 key_columns,
+                columns,
             });
         }
         Ok(out)
+    }
+
+    /// A collection's columns and types, as its source last stored them.
+    pub fn columns(&self, collection: &str) -> Result<Option<Vec<ColumnInfo>>, LogError> {
+        let name = format!("{}{collection}", super::writer::COLUMNS_META);
+        match store::get_meta(&self.conn, &name)? {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| LogError::Corrupt(format!("meta {name}: {e}"))),
+        }
     }
 
     /// Whether `source` has any entry in the log.

@@ -6,6 +6,7 @@ use super::backend::{LogBackend, LogStats};
 use super::pool::ReaderPool;
 use super::reader::{CollectionSummary, LogReader, Page, ReadFrom, RowFilter};
 use super::{store, LogError};
+use crate::shape::ColumnInfo;
 use futures_util::future::BoxFuture;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,6 +70,13 @@ impl LogBackend for SqliteBackend {
 
     fn collection_summaries(&self) -> BoxFuture<'_, Result<Vec<CollectionSummary>, LogError>> {
         Box::pin(self.readers.run(|reader| reader.collection_summaries()))
+    }
+
+    fn columns(
+        &self,
+        collection: String,
+    ) -> BoxFuture<'_, Result<Option<Vec<ColumnInfo>>, LogError>> {
+        Box::pin(self.readers.run(move |reader| reader.columns(&collection)))
     }
 
     fn has_entries_of(&self, source: String) -> BoxFuture<'_, Result<bool, LogError>> {

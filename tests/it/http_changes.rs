@@ -496,8 +496,8 @@ async fn collections_status_readyz_and_metrics() {
     assert_eq!(
         body,
         json!({"collections": [
-            {"name": "public.a", "source": "pg", "key_columns": ["id"]},
-            {"name": "public.b", "source": "pg", "key_columns": ["id"]},
+            {"name": "public.a", "source": "pg", "key_columns": ["id"], "columns": null},
+            {"name": "public.b", "source": "pg", "key_columns": ["id"], "columns": null},
         ]})
     );
 
@@ -634,6 +634,9 @@ async fn the_openapi_document_describes_what_each_route_answers() {
         "/v1/changes?limit=0",
         "/v1/changes?collections=public.nope",
         "/v1/changes?since=1-99",
+        "/v1/changes?collections=public.a&where=id%20%3D%20%241&params[1]=1&columns=id",
+        "/v1/changes?collections=public.a&where=nope%20%3D%201",
+        "/v1/changes?where=id%20%3D%201",
         "/v1/collections",
         "/v1/openapi.json",
         "/v1/status",

@@ -116,7 +116,9 @@ async fn postgres_changes_reach_sse_and_delta_clients() {
     let collections = get(addr, "/v1/collections", &[]).await.json();
     assert_eq!(
         collections["collections"],
-        json!([{"name": "public.items", "source": "app_pg", "key_columns": ["id"]}])
+        json!([{"name": "public.items", "source": "app_pg", "key_columns": ["id"], "columns": [
+            {"name": "id", "type": "int4"}, {"name": "name", "type": "text"}, {"name": "qty", "type": "int4"}
+        ]}])
     );
     // The source's own metrics: ingest per collection, commit latency, replication lag.
     let metrics = get(addr, "/metrics", &[]).await.body;

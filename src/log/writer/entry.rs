@@ -113,6 +113,8 @@ pub(super) struct Entry {
     pub(super) apart: Vec<Apart>,
     /// The seq of the key's entry in this scope, when the writer has read it already.
     pub(super) replaces: Option<i64>,
+    /// The row before this change, for shaped followers.
+    pub(super) prior: super::Prior,
 }
 
 /// A value of a record stored apart: its column and, when the record brought it, its JSON (a

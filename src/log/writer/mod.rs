@@ -4,8 +4,10 @@
 
 mod entry;
 mod maintenance;
+mod prior;
 
 use super::cursor::Cursor;
+use super::interest::ShapeInterest;
 use super::large::{self, Marks};
 use super::scope::{self, ScopeColumns};
 use super::store;
@@ -13,6 +15,7 @@ use super::LogError;
 use crate::record::{key_text, Change, ChangeRecordRef, Op, Row, TxInfoRef, TxMeta};
 use crate::sse::ChangeEvent;
 use entry::{fill_unchanged, Apart, Entry, LiveEntry, StoredColumns};
+pub use prior::Prior;
 use rusqlite::{params, Connection};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -37,6 +40,8 @@ pub struct StoredRecord {
     pub scope: String,
     /// The record framed as the SSE event `/v1/stream` sends (its JSON is what the log stores).
     pub event: ChangeEvent,
+    /// The row before this commit, when a shaped follower reads the collection.
+    pub prior: Prior,
 }
 
 /// What one log commit made visible: entries with `after_seq < seq <= last_seq`.
@@ -50,6 +55,9 @@ pub struct Committed {
     /// positioned below it can no longer be served a complete history and must start over.
     pub purged_seq: u64,
 }
+
+/// The meta entry of a collection's columns: this prefix and the collection's name.
+pub(super) const COLUMNS_META: &str = "columns:";
 
 pub struct LogWriter {
     conn: Connection,
@@ -65,6 +73,8 @@ pub struct LogWriter {
     record_size_hint: usize,
     /// Whether anyone listens for live records; asked as each local transaction opens.
     listeners: Box<dyn Fn() -> bool + Send>,
+    /// Collections with shaped followers: their changes carry the row's prior version.
+    interest: Arc<ShapeInterest>,
     /// Collections with values stored apart (large.rs), so that the others never look for any.
     /// May name a collection that has none left.
     large_collections: HashSet<String>,
@@ -124,6 +134,7 @@ impl LogWriter {
             scopes,
             record_size_hint: 0,
             listeners: Box::new(|| true),
+            interest: Arc::default(),
             large_collections,
             marks: Marks::random(),
         })
@@ -133,6 +144,11 @@ impl LogWriter {
     /// listens when the local transaction opens. Otherwise the commit is announced by range
     /// only: a subscriber that arrives meanwhile reads that range from the log, as it does for
     /// a commit too large to hold.
+    /// Shares the registry of shaped followers (see [`Prior`]).
+    pub fn watch_shapes(&mut self, interest: Arc<ShapeInterest>) {
+        self.interest = interest;
+    }
+
     pub fn hold_records_while(&mut self, listeners: impl Fn() -> bool + Send + 'static) {
         self.listeners = Box::new(listeners);
     }
@@ -172,6 +188,15 @@ impl LogWriter {
         Ok(())
     }
 
+    /// Stores a collection's columns (JSON) when they differ from what is stored.
+    pub fn set_columns(&mut self, collection: &str, columns: &str) -> Result<(), LogError> {
+        let name = format!("{COLUMNS_META}{collection}");
+        if store::get_meta(&self.conn, &name)?.as_deref() != Some(columns) {
+            store::set_meta(&self.conn, &name, columns)?;
+        }
+        Ok(())
+    }
+
     /// Appends one change of the upstream transaction `tx` to the open local transaction.
     pub fn append(&mut self, tx: &Arc<TxMeta>, change: Change) -> Result<(), LogError> {
         self.ensure_open()?;
@@ -205,6 +230,7 @@ impl LogWriter {
                     unchanged: vec![],
                     apart: vec![],
                     replaces: None,
+                    prior: Prior::Unknown,
                 },
             );
         }
@@ -216,10 +242,17 @@ impl LogWriter {
         let has_large = self.large_collections.contains(&collection);
         // The row's current version in the log (under its old key if the key changed).
         let previous_key = old_key.as_ref().unwrap_or(&key);
-        let previous = if column.is_some() || !unchanged.is_empty() || has_large {
+        let wants_prior = self.interest.wants(&collection)
+            && self.open.as_ref().is_some_and(|o| o.broadcast.is_some());
+        let previous = if column.is_some() || !unchanged.is_empty() || has_large || wants_prior {
             self.live_entry(&collection, previous_key)?
         } else {
             None
+        };
+        let prior = if wants_prior {
+            Prior::of(&self.conn, previous.as_ref())?
+        } else {
+            Prior::Unknown
         };
         let previous_apart = match previous.as_ref().and_then(|p| p.large.as_deref()) {
             Some(text) => large::columns_of(text)?,
@@ -253,6 +286,7 @@ impl LogWriter {
             unchanged: vec![],
             apart: vec![],
             replaces: None,
+            prior: prior.clone(),
         };
         if op == Op::Delete {
             if has_large {
@@ -278,6 +312,7 @@ impl LogWriter {
             .or_else(|| previous_scope.clone())
             .unwrap_or_default();
         let mut moved = false;
+        let old_key_changed = old_key.is_some();
         if let Some(old_key) = old_key {
             // A key change: the old key is gone (where it was), the new key is new.
             let old_scope = previous_scope.unwrap_or_else(|| scope.clone());
@@ -286,7 +321,9 @@ impl LogWriter {
             if column.is_some() {
                 if let Some(stale) = self.live_entry(&collection, &key)? {
                     if stale.scope != scope {
-                        self.write(tx, tombstone(key.clone(), stale.scope, None))?;
+                        let mut stale = tombstone(key.clone(), stale.scope, None);
+                        stale.prior = Prior::Unknown;
+                        self.write(tx, stale)?;
                     }
                 }
             }
@@ -307,6 +344,11 @@ impl LogWriter {
                 unchanged,
                 apart,
                 replaces: None,
+                prior: if old_key_changed {
+                    Prior::Unknown
+                } else {
+                    prior
+                },
             }
         } else {
             Entry {
@@ -321,6 +363,7 @@ impl LogWriter {
                 apart,
                 // Same key, same scope: the row's live entry is the one this one replaces.
                 replaces: previous_seq,
+                prior,
             }
         };
         self.write(tx, entry)
@@ -481,6 +524,7 @@ impl LogWriter {
             unchanged,
             apart,
             replaces,
+            prior,
         } = entry;
         let serialize = |after: Option<&Row>, buf: &mut Vec<u8>| {
             let record = ChangeRecordRef {
@@ -599,6 +643,7 @@ impl LogWriter {
                     op,
                     scope,
                     event,
+                    prior,
                 },
                 key,
             );
@@ -655,7 +700,7 @@ impl LogWriter {
 }
 
 impl OpenTxn {
-    fn remember_for_broadcast(&mut self, record: StoredRecord, key: String) {
+    fn remember_for_broadcast(&mut self, mut record: StoredRecord, key: String) {
         let Some(list) = self.broadcast.as_mut() else {
             return;
         };
@@ -680,7 +725,10 @@ impl OpenTxn {
         }
         let index_key = (record.collection.clone(), key, record.scope.clone());
         if let Some(previous) = self.broadcast_index.insert(index_key, list.len()) {
-            list[previous] = None;
+            // The earlier version goes; what the row was before the commit stays.
+            if let Some(earlier) = list[previous].take() {
+                record.prior = earlier.prior.clone();
+            }
         }
         list.push(Some(Arc::new(record)));
     }

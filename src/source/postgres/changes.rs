@@ -2,8 +2,10 @@
 //! text becomes JSON, and what the old tuple tells us.
 
 use super::pgoutput::{OldTuple, Relation, ReplicaIdentity, TupleValue};
+use super::values::oid::type_name;
 use super::values::{text_to_json, ValueType};
 use crate::record::{Change, Op, Row};
+use crate::shape::ColumnInfo;
 use serde_json::Value;
 
 /// What we know about one published table, from its Relation message plus the catalog.
@@ -40,6 +42,22 @@ pub enum ShapeError {
 }
 
 impl TableShape {
+    /// Columns and their types, for the log's catalog (shapes and `/v1/collections`). Domains
+    /// are named by their base type; types the relay has no name for are `other`.
+    pub fn column_infos(&self) -> Vec<ColumnInfo> {
+        let name = |oid: u32| type_name(oid).unwrap_or("other");
+        self.columns
+            .iter()
+            .map(|c| ColumnInfo {
+                name: c.name.clone(),
+                type_name: match c.value_type {
+                    ValueType::Scalar(oid) => name(oid).to_string(),
+                    ValueType::Array { element, .. } => format!("_{}", name(element)),
+                },
+            })
+            .collect()
+    }
+
     /// `primary_key` are the table's primary-key column names from the catalog (may be empty);
     /// `value_types` gives each column's resolved type, in column order.
     pub fn new(

@@ -323,6 +323,9 @@ impl Copier {
         progress: &mut Progress<'_>,
     ) -> Result<(), CopyError> {
         let collection = table.shape.collection.clone();
+        self.log
+            .set_columns(&collection, &table.shape.column_infos())
+            .await?;
         progress.start_table(&collection);
         // Reading and decoding overlap with the log writing the previous batch.
         let (batches, mut ready) = tokio::sync::mpsc::channel::<Vec<Change>>(2);

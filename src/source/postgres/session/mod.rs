@@ -493,6 +493,10 @@ impl<'a> Session<'a> {
             Err(e) => return Err(e.into()),
         };
         if let Some(shape) = &shape {
+            self.source
+                .log
+                .set_columns(&shape.collection, &shape.column_infos())
+                .await?;
             let counter = metrics::counter!(
                 telemetry::CHANGES_INGESTED,
                 "source" => self.source.name.to_string(),

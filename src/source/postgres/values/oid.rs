@@ -151,3 +151,38 @@ pub const TSMULTIRANGE_ARRAY: u32 = 6152;
 pub const TSTZMULTIRANGE_ARRAY: u32 = 6153;
 pub const DATEMULTIRANGE_ARRAY: u32 = 6155;
 pub const INT8MULTIRANGE_ARRAY: u32 = 6157;
+
+/// The catalog name (`pg_type.typname`) of common built-in types, as `/v1/collections` lists
+/// them and shapes read them; `None` for the others.
+pub fn type_name(oid: u32) -> Option<&'static str> {
+    Some(match oid {
+        BOOL => "bool",
+        BYTEA => "bytea",
+        CHAR => "char",
+        NAME => "name",
+        INT8 => "int8",
+        INT2 => "int2",
+        INT4 => "int4",
+        TEXT => "text",
+        OID => "oid",
+        JSON => "json",
+        XML => "xml",
+        FLOAT4 => "float4",
+        FLOAT8 => "float8",
+        MONEY => "money",
+        INET => "inet",
+        CIDR => "cidr",
+        BPCHAR => "bpchar",
+        VARCHAR => "varchar",
+        DATE => "date",
+        TIME => "time",
+        TIMESTAMP => "timestamp",
+        TIMESTAMPTZ => "timestamptz",
+        INTERVAL => "interval",
+        TIMETZ => "timetz",
+        NUMERIC => "numeric",
+        2950 => "uuid",
+        3802 => "jsonb",
+        _ => return None,
+    })
+}
