@@ -167,6 +167,15 @@ impl MongoSource {
             )
         };
         tracing::info!(source = %self.name, copy = ?to_copy, remove = ?to_remove, "the configured collections changed");
+        // Removed collections leave the log first, so that a client never sees the added ones
+        // copied while the removed ones linger (a crash in between repeats the removal).
+        if !to_remove.is_empty() {
+            let mut txn = self.log.begin().await?;
+            for name in &to_remove {
+                txn.remove_collection(&self.mapper.qualified(name)).await?;
+            }
+            txn.commit(&self.name, position.to_string()).await?;
+        }
         let started = Instant::now();
         self.status.send_modify(|s| {
             s.initial_copy = Default::default();
@@ -176,13 +185,6 @@ impl MongoSource {
         for name in &to_copy {
             self.copy_collection(db, name, position, started).await?;
             self.status.send_modify(|s| s.initial_copy.tables_done += 1);
-        }
-        if !to_remove.is_empty() {
-            let mut txn = self.log.begin().await?;
-            for name in &to_remove {
-                txn.remove_collection(&self.mapper.qualified(name)).await?;
-            }
-            txn.commit(&self.name, position.to_string()).await?;
         }
         self.store_collection_set().await
     }
