@@ -5,6 +5,7 @@
 //! way (backoff, status, error kinds). [`SourceSpec`] is the only place that lists the kinds.
 
 pub mod backoff;
+pub mod logged;
 pub mod mongo;
 pub mod postgres;
 mod status;
