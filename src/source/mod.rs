@@ -89,10 +89,11 @@ impl SourceSpec {
             }
             SourceSpec::Mongodb(config) => {
                 let source = MongoSource::new(config, log);
+                let writer = Arc::new(source.writer(writes));
                 Started {
                     status: source.status_receiver(),
                     run: Box::pin(async move { Ok(supervise(source, shutdown).await?) }),
-                    writer: None,
+                    writer: Some(writer),
                 }
             }
         })
