@@ -37,5 +37,6 @@ mod pg_source;
 mod pg_tls;
 mod quickstart;
 mod replication_connection;
+mod writes_mongo;
 mod writes_pg;
 mod writes_pg_faults;

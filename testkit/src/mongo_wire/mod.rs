@@ -271,6 +271,11 @@ impl MongoWire {
             .unwrap_or_default()
     }
 
+    /// How many entries the oplog has had (its newest entry's number).
+    pub fn oplog_head(&self) -> u64 {
+        self.shared.lock().head
+    }
+
     /// Change events sent to clients so far (after `$match`).
     pub fn events_sent(&self) -> u64 {
         let state = self.shared.lock();

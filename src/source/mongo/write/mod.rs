@@ -69,6 +69,19 @@ impl MongoWriter {
         }
     }
 
+    /// The collection's name in the database, for `<database>.<collection>` as the log names
+    /// it, when this source holds it.
+    fn local_name<'c>(&self, collection: &'c str) -> Option<&'c str> {
+        let name = collection
+            .strip_prefix(self.database.as_str())?
+            .strip_prefix('.')?;
+        let held = match &self.collections {
+            Some(list) => list.contains(name),
+            None => !name.is_empty() && !name.starts_with("system."),
+        };
+        (held && name != LEDGER).then_some(name)
+    }
+
     fn unavailable(&self, e: impl std::fmt::Display) -> WriteError {
         WriteError::Unavailable(format!(
             "source {} is not reachable for writes: {e}",
@@ -113,15 +126,15 @@ impl MongoWriter {
         // Bad input first: no transaction for a batch with a shape problem.
         let mut planned = Vec::with_capacity(mutations.len());
         for (index, mutation) in mutations.iter().enumerate() {
-            if !self.holds(&mutation.collection) {
+            let Some(name) = self.local_name(&mutation.collection) else {
                 return Err(WriteError::UnknownCollection {
                     index,
                     collection: mutation.collection.clone(),
                 });
-            }
+            };
             planned.push(Planned {
                 mutation,
-                plan: plan::plan(index, mutation)?,
+                plan: plan::plan(index, name, mutation)?,
             });
         }
         let client = self
@@ -187,13 +200,7 @@ impl Writer for MongoWriter {
     }
 
     fn holds(&self, collection: &str) -> bool {
-        if collection == LEDGER {
-            return false;
-        }
-        match &self.collections {
-            Some(list) => list.contains(collection),
-            None => !collection.is_empty() && !collection.starts_with("system."),
-        }
+        self.local_name(collection).is_some()
     }
 
     fn apply<'a>(

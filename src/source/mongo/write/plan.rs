@@ -34,8 +34,8 @@ pub struct Op {
     pub lww: Option<(String, DateTime)>,
 }
 
-/// The plan of `m`, the `index`th mutation of its batch.
-pub fn plan(index: usize, m: &Mutation) -> Result<Plan, WriteError> {
+/// The plan of `m`, the `index`th mutation of its batch, on the database's collection `name`.
+pub fn plan(index: usize, name: &str, m: &Mutation) -> Result<Plan, WriteError> {
     let (rules, scope) = match &m.permit {
         Permit::Denied(why) => return Ok(Plan::Denied(why.clone())),
         Permit::Allowed { rules, scope } => (rules, scope),
@@ -116,10 +116,11 @@ pub fn plan(index: usize, m: &Mutation) -> Result<Plan, WriteError> {
             Some(json_to_bson(id).map_err(|why| invalid("key._id".into(), why))?)
         }
     };
-    let expect = match rules.conflict {
-        ConflictPolicy::ClientWins => Document::new(),
-        _ => fields("if", m.expect.as_ref())?,
-    };
+    // Checked whatever the policy; client_wins then ignores it.
+    let mut expect = fields("if", m.expect.as_ref())?;
+    if rules.conflict == ConflictPolicy::ClientWins {
+        expect.clear();
+    }
     let lww = match (lww_field, at) {
         (Some(field), Some(at)) => Some((field.to_string(), at)),
         _ => None,
@@ -129,7 +130,7 @@ pub fn plan(index: usize, m: &Mutation) -> Result<Plan, WriteError> {
         .map(|s| (s.column.clone(), Bson::String(s.value.clone())));
 
     let mut op = Op {
-        collection: m.collection.clone(),
+        collection: name.to_string(),
         kind: m.op,
         document: Document::new(),
         filter: Document::new(),
