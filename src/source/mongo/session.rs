@@ -487,3 +487,18 @@ async fn supports_split_events(db: &Database) -> Result<bool, MongoError> {
         _ => false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 7.0 server's token starts with the event's clusterTime.
+    #[test]
+    fn token_time_reads_the_cluster_time_a_token_starts_with() {
+        let token = Bson::Document(doc! {"_data": "82677A2B3C000000052B022C0100296E5A1004AB"});
+        assert_eq!(token_time(&token), Some((0x677A_2B3C << 32) | 5));
+        for bad in [doc! {"_data": "01"}, doc! {"_data": "82zz"}, doc! {"x": 1}] {
+            assert_eq!(token_time(&Bson::Document(bad)), None);
+        }
+    }
+}
