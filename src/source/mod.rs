@@ -5,6 +5,7 @@
 //! way (backoff, status, error kinds). [`SourceSpec`] is the only place that lists the kinds.
 
 pub mod backoff;
+pub mod logged;
 pub mod mongo;
 pub mod postgres;
 mod status;
@@ -88,10 +89,11 @@ impl SourceSpec {
             }
             SourceSpec::Mongodb(config) => {
                 let source = MongoSource::new(config, log);
+                let writer = Arc::new(source.writer(writes));
                 Started {
                     status: source.status_receiver(),
                     run: Box::pin(async move { Ok(supervise(source, shutdown).await?) }),
-                    writer: None,
+                    writer: Some(writer),
                 }
             }
         })

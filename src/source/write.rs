@@ -168,3 +168,40 @@ pub trait Writer: Send + Sync {
     /// `timeout` passes first.
     fn wait_visible(&self, mark: CommitMark, timeout: Duration) -> BoxFuture<'_, bool>;
 }
+
+/// The test-only fault `DELTARELAY_TEST_KILL_AFTER_UPSTREAM_COMMIT=1`: the process dies right
+/// after an upstream commit, before anyone hears of it (the lost-response case). Every writer
+/// calls it after each commit.
+pub fn fault_after_commit() {
+    static KILL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *KILL
+        .get_or_init(|| std::env::var_os("DELTARELAY_TEST_KILL_AFTER_UPSTREAM_COMMIT").is_some())
+    {
+        eprintln!("test fault: DELTARELAY_TEST_KILL_AFTER_UPSTREAM_COMMIT");
+        std::process::abort();
+    }
+}
+
+/// Whether `name` of `value` may be written by a caller with `rules` and `scope`: key and
+/// relay-managed fields always (the scope's value is checked apart), others when
+/// `write.columns` lists them or is not set.
+pub fn writable(name: &str, managed: bool, rules: &WriteConfig, scope: Option<&Scope>) -> bool {
+    managed
+        || scope.is_some_and(|s| s.column == name)
+        || rules
+            .columns
+            .as_ref()
+            .map_or(true, |cs| cs.iter().any(|c| c == name))
+}
+
+/// The refusal of an insert or update whose `value` gives the scope field another value than
+/// the caller's own.
+pub fn scope_refusal(m: &Mutation, scope: &Scope) -> Option<String> {
+    let given = m.value.as_ref().and_then(|v| v.get(&scope.column))?;
+    (given.is_null() || crate::log::scope::scope_text(given) != scope.value).then(|| {
+        format!(
+            "{:?} may only hold your own rows: {} must be {:?}",
+            m.collection, scope.column, scope.value
+        )
+    })
+}

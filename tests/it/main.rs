@@ -41,5 +41,6 @@ mod shape_differential;
 mod shape_mongo;
 mod shape_pg;
 mod shape_scope;
+mod writes_mongo;
 mod writes_pg;
 mod writes_pg_faults;

@@ -427,3 +427,86 @@ async fn real_values_and_keys_map_to_the_documented_json() {
     );
     finish(s).await;
 }
+
+/// Writes (`POST /v1/mutations`) against a real server's transactions: applied and visible at
+/// the returned cursor, duplicate ids, a conflict with the current document, an atomic batch
+/// that a duplicate key (11000) rolls back leaving nothing, and the Extended JSON round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_writes_in_transactions() {
+    let uri = match uri().await {
+        Some(uri) => uri,
+        None => return,
+    };
+    static NEXT: AtomicU32 = AtomicU32::new(100);
+    let database = format!(
+        "deltarelay_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let extra = format!(
+        "\n[writes]\nallow_unauthenticated = true\n[collections.\"{database}.items\".write]\nversion_column = \"v\"\n"
+    );
+    let s = Setup::start_at(&uri, &database, None, &["items"], &extra).await;
+    let items = format!("{database}.items");
+    let send = |body: serde_json::Value| {
+        let addr = s.addr;
+        async move {
+            let response = testkit::http::post(addr, "/v1/mutations", &[], &body.to_string())
+                .await
+                .unwrap();
+            assert_eq!(response.status, 200, "{}", response.body);
+            response.json()
+        }
+    };
+    let statuses = |body: &serde_json::Value| -> Vec<String> {
+        body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let insert = json!({"mutations": [{"id": "a", "collection": items, "op": "insert",
+        "value": {"_id": 1, "v": 1, "big": {"$numberLong": "9007199254740993"},
+                  "at": {"$date": "2025-01-15T11:00:00.123Z"}, "d": {"$numberDecimal": "1.10"}}}],
+        "since": "0"});
+    let body = send(insert.clone()).await;
+    assert_eq!(statuses(&body), ["applied"]);
+    assert_eq!(body["visible"], true, "{body}");
+    assert!(
+        body["changes"].to_string().contains("9007199254740993"),
+        "read-your-writes: {body}"
+    );
+    assert_eq!(statuses(&send(insert).await), ["duplicate"]);
+    let stored =
+        s.db.collection::<Document>("items")
+            .find_one(doc! {"_id": 1})
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(stored.get_i64("big"), Ok(9_007_199_254_740_993));
+    assert!(matches!(stored.get("d"), Some(bson::Bson::Decimal128(_))));
+
+    let update = |id: &str, v: i64| {
+        json!({"mutations": [{"id": id, "collection": items, "op": "update", "key": {"_id": 1},
+            "value": {"note": id}, "if": {"v": v}}]})
+    };
+    assert_eq!(statuses(&send(update("u1", 1)).await), ["applied"]);
+    let conflict = send(update("u2", 1)).await;
+    assert_eq!(statuses(&conflict), ["conflict"]);
+    assert_eq!(conflict["results"][0]["current"]["v"], 2);
+
+    let atomic = json!({"atomic": true, "mutations": [
+        {"id": "x1", "collection": items, "op": "insert", "value": {"_id": 2}},
+        {"id": "x2", "collection": items, "op": "insert", "value": {"_id": 1}}]});
+    let body = send(atomic).await;
+    assert_eq!(statuses(&body), ["rolled_back", "rejected"]);
+    assert_eq!(body["results"][1]["error"]["code"], 11000);
+    let count =
+        s.db.collection::<Document>("items")
+            .count_documents(doc! {})
+            .await
+            .unwrap();
+    assert_eq!(count, 1);
+    finish(s).await;
+}

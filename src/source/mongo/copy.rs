@@ -19,7 +19,11 @@ const COPY_BATCH: usize = 2_000;
 impl MongoSource {
     async fn collections_to_copy(&self, db: &Database) -> Result<Vec<String>, MongoError> {
         let mut names: Vec<String> = match &self.mapper.collections {
-            Some(list) => list.iter().cloned().collect(),
+            Some(list) => list
+                .iter()
+                .filter(|c| self.mapper.synced(c))
+                .cloned()
+                .collect(),
             None => db
                 .list_collection_names()
                 .filter(doc! {"type": "collection"})

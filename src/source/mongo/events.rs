@@ -44,10 +44,12 @@ pub struct Mapper {
 
 impl Mapper {
     pub fn synced(&self, collection: &str) -> bool {
-        match &self.collections {
-            Some(list) => list.contains(collection),
-            None => !collection.starts_with("system."),
-        }
+        // The writer's ledger of mutation ids is never synced.
+        collection != super::write::LEDGER
+            && match &self.collections {
+                Some(list) => list.contains(collection),
+                None => !collection.starts_with("system."),
+            }
     }
 
     /// `database.collection`, the record's `collection`.

@@ -5,6 +5,7 @@
 //! [`values`]), appends them to the log with the stream's resume token as the position, and
 //! copies the collections on first start and whenever upstream history is lost ([`session`],
 //! [`copy`]).
+//! Its [`MongoWriter`] takes `POST /v1/mutations` for its collections ([`write`]).
 //! It owns its config section ([`MongoConfig`]); [`check`] tells an operator what the
 //! deployment lacks.
 
@@ -16,6 +17,8 @@ pub mod events;
 mod position;
 mod session;
 pub mod values;
+pub mod write;
 
 pub use config::{FullDocumentMode, MongoConfig};
 pub use session::{MongoError, MongoSource};
+pub use write::MongoWriter;

@@ -9,6 +9,7 @@ use super::position::Position;
 use super::values::document_to_row;
 use crate::log::Log;
 use crate::record::{Change, TxMeta};
+use crate::source::logged::LoggedThrough;
 use crate::source::{CopyState, ErrorKind, Freshness, Source, SourceStatus};
 use crate::telemetry;
 use mongodb::bson::{doc, Bson, Document};
@@ -19,7 +20,7 @@ use mongodb::options::{ClientOptions, FullDocumentBeforeChangeType, FullDocument
 use mongodb::{Client, Database};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{watch, OnceCell};
 
 /// Changes per local commit while streaming (more wait for the next commit).
 const GROUP_MAX_CHANGES: usize = 5_000;
@@ -34,8 +35,26 @@ pub struct MongoSource {
     full_document: FullDocumentMode,
     pub(super) log: Log,
     pub(super) status: watch::Sender<SourceStatus>,
-    /// Kept across sessions: the driver reconnects by itself.
-    client: Option<Client>,
+    /// Kept across sessions (the driver reconnects by itself) and shared with the writer.
+    client: Arc<OnceCell<Client>>,
+    /// How far upstream is logged, for the writer's read-your-writes.
+    logged: Arc<LoggedThrough>,
+}
+
+/// A client for `url` (parsing resolves mongodb+srv:// names, so it belongs to the retried
+/// part).
+pub(super) async fn connect(url: &str) -> Result<Client, mongodb::error::Error> {
+    let mut options = ClientOptions::parse(url).await?;
+    options.app_name.get_or_insert_with(|| "deltarelay".into());
+    Client::with_options(options)
+}
+
+/// The clusterTime a resume token starts with (KeyString type 0x82, then the timestamp's 8
+/// bytes big-endian), as a commit mark.
+fn token_time(token: &Bson) -> Option<u64> {
+    let data = token.as_document()?.get_str("_data").ok()?;
+    let hex = data.strip_prefix("82")?.get(..16)?;
+    u64::from_str_radix(hex, 16).ok()
 }
 
 impl MongoSource {
@@ -61,8 +80,22 @@ impl MongoSource {
             full_document: config.full_document,
             log,
             status: watch::channel(status).0,
-            client: None,
+            client: Arc::default(),
+            logged: Arc::default(),
         }
+    }
+
+    /// This source's writer (`POST /v1/mutations`), on its client.
+    pub fn writer(&self, writes: &crate::config::WritesConfig) -> super::write::MongoWriter {
+        super::write::MongoWriter::new(
+            &self.name,
+            &self.mapper.database,
+            self.mapper.collections.clone(),
+            &self.url,
+            self.client.clone(),
+            writes,
+            self.logged.clone(),
+        )
     }
 
     pub fn status_receiver(&self) -> watch::Receiver<SourceStatus> {
@@ -73,15 +106,11 @@ impl MongoSource {
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), MongoError> {
-        let client = match self.client.take() {
-            Some(kept) => self.client.insert(kept),
-            None => {
-                // Parsing resolves mongodb+srv:// names, so it belongs to the retried part.
-                let mut options = ClientOptions::parse(&self.url).await?;
-                options.app_name.get_or_insert_with(|| "deltarelay".into());
-                self.client.insert(Client::with_options(options)?)
-            }
-        };
+        let client = self
+            .client
+            .get_or_try_init(|| connect(&self.url))
+            .await?
+            .clone();
         let db = client.database(&self.mapper.database);
         let split = supports_split_events(&db).await?;
         let stored = self.log.position(&self.name).await?;
@@ -313,6 +342,12 @@ impl MongoSource {
                         saved_at = Instant::now();
                     }
                     fresh.caught_up(&self.status);
+                    // Nothing is pending: every event before the batch's token is logged.
+                    if let Some(time) = stream.resume_token().and_then(|t| token_bson(&t).ok()) {
+                        if let Some(time) = token_time(&time) {
+                            self.logged.advance(time);
+                        }
+                    }
                     if !stream.is_alive() {
                         // The server closed the cursor without an invalidate: open it again.
                         return Err(MongoError::StreamClosed);
@@ -451,4 +486,19 @@ async fn supports_split_events(db: &Database) -> Result<bool, MongoError> {
         [6, minor, ..] => *minor > 0,
         _ => false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 7.0 server's token starts with the event's clusterTime.
+    #[test]
+    fn token_time_reads_the_cluster_time_a_token_starts_with() {
+        let token = Bson::Document(doc! {"_data": "82677A2B3C000000052B022C0100296E5A1004AB"});
+        assert_eq!(token_time(&token), Some((0x677A_2B3C << 32) | 5));
+        for bad in [doc! {"_data": "01"}, doc! {"_data": "82zz"}, doc! {"x": 1}] {
+            assert_eq!(token_time(&Bson::Document(bad)), None);
+        }
+    }
 }

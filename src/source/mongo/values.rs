@@ -1,4 +1,5 @@
-//! BSON → JSON (relaxed Extended JSON v2) and the record fields derived from change events.
+//! BSON → JSON (relaxed Extended JSON v2) and the record fields derived from change events, and
+//! back (JSON → BSON, for writes).
 //!
 //! The mapping (docs/DESIGN.md has the table): relaxed Extended JSON v2, except that a 64-bit
 //! integer a JavaScript number cannot hold exactly (beyond ±(2^53 − 1)) keeps its canonical
@@ -54,6 +55,52 @@ pub fn token_from_text(text: &str) -> Result<Bson, String> {
     let json: Value =
         serde_json::from_str(text).map_err(|e| format!("not JSON ({e}): {text:?}"))?;
     Bson::try_from(json).map_err(|e| format!("not Extended JSON ({e}): {text:?}"))
+}
+
+/// The inverse of [`bson_to_json`], for writes: Extended JSON (relaxed or canonical) to BSON.
+/// A plain integer becomes an Int32 when it fits, an Int64 otherwise (relaxed Extended JSON
+/// keeps no more than that); a fraction or exponent, a Double. Field names of documents must
+/// be storable: not empty, not starting with `$`, no `.` and no NUL (the error names the path).
+pub fn json_to_bson(value: &Value) -> Result<Bson, String> {
+    let bson =
+        Bson::try_from(value.clone()).map_err(|e| format!("not valid Extended JSON: {e}"))?;
+    check_names(&bson, "")?;
+    Ok(bson)
+}
+
+/// Why `name` cannot be a stored field name, if it cannot.
+pub fn field_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("field names must not be empty")
+    } else if name.starts_with('$') {
+        Some("field names must not start with '$' (operators are not accepted in values)")
+    } else if name.contains('.') {
+        Some("field names must not contain '.' (give nested documents instead of dotted paths)")
+    } else if name.contains('\0') {
+        Some("field names must not contain NUL")
+    } else {
+        None
+    }
+}
+
+fn check_names(bson: &Bson, path: &str) -> Result<(), String> {
+    match bson {
+        Bson::Document(d) => {
+            for (name, value) in d {
+                if let Some(why) = field_name_problem(name) {
+                    return Err(format!("{path}{name:?}: {why}"));
+                }
+                check_names(value, &format!("{path}{name}."))?;
+            }
+        }
+        Bson::Array(list) => {
+            for (i, value) in list.iter().enumerate() {
+                check_names(value, &format!("{path}{i}."))?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -192,5 +239,43 @@ mod tests {
         assert_eq!(text, r#"{"_data":"8265A1B2C3000000012B0229296E04"}"#);
         assert_eq!(token_from_text(&text).unwrap(), token);
         assert!(token_from_text("nope").is_err());
+    }
+
+    /// What the read side gives back, written back, is the same BSON (types included).
+    #[test]
+    fn json_to_bson_inverts_the_read_mapping() {
+        use mongodb::bson::{spec::BinarySubtype, Binary, Decimal128};
+        let original = doc! {
+            "_id": mongodb::bson::oid::ObjectId::parse_str("65a1b2c3d4e5f60718293a4b").unwrap(),
+            "n": 5, "big": 9_007_199_254_740_993i64, "neg": -(1i64 << 60), "f": 1.5, "two": 2.0,
+            "s": "x", "b": true, "none": Bson::Null,
+            "at": DateTime::from_millis(1_736_938_800_123),
+            "d": Bson::Decimal128("1.10".parse::<Decimal128>().unwrap()),
+            "bin": Binary { subtype: BinarySubtype::Generic, bytes: vec![0, 1, 255] },
+            "nan": f64::NAN,
+            "list": [1, "a", {"k": [2.5]}], "sub": {"k": {"deep": 1}},
+        };
+        let json = Value::Object(document_to_row(original.clone()));
+        let back = json_to_bson(&json).unwrap();
+        let back = back.as_document().unwrap();
+        for (k, v) in &original {
+            if k == "nan" {
+                assert!(back.get_f64("nan").unwrap().is_nan());
+            } else {
+                assert_eq!(back.get(k), Some(v), "{k}");
+            }
+        }
+    }
+
+    #[test]
+    fn json_to_bson_refuses_operators_dots_and_bad_extended_json() {
+        assert!(json_to_bson(&json!({"$oid": "zz"})).is_err());
+        let e = json_to_bson(&json!({"a": {"$where": "1"}})).unwrap_err();
+        assert!(e.contains("$where"), "{e}");
+        let e = json_to_bson(&json!({"a": [{"b.c": 1}]})).unwrap_err();
+        assert!(e.contains("a.0.") && e.contains("b.c"), "{e}");
+        assert!(field_name_problem("ok").is_none());
+        assert!(field_name_problem("a.b").is_some());
+        assert!(field_name_problem("$set").is_some());
     }
 }

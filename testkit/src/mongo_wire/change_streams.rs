@@ -5,17 +5,23 @@ use super::faults::Hold;
 use super::*;
 
 /// A resume token: the deployment, the oplog entry, what it marks and the fragment number.
-pub(super) fn token(deployment: u32, seq: u64, kind: u8, fragment: u32) -> Document {
-    doc! {"_data": format!("82{deployment:08X}{seq:016X}{kind:02X}{fragment:04X}")}
+/// Like a server's, it starts with the entry's clusterTime (KeyString type 0x82 and the
+/// timestamp's 8 bytes big-endian): here `{boot, seq}`, which is at or after the entry's own
+/// clusterTime (a transaction's entries share the clusterTime of their first) and before the
+/// next entry's.
+pub(super) fn token(boot: u32, deployment: u32, seq: u64, kind: u8, fragment: u32) -> Document {
+    let increment = seq as u32;
+    doc! {"_data": format!("82{boot:08X}{increment:08X}{deployment:08X}{seq:016X}{kind:02X}{fragment:04X}")}
 }
 
 /// (deployment, seq, kind, fragment) of a token.
 pub(super) fn parse_token(token: &Document) -> Option<(u32, u64, u8, u32)> {
     let data = token.get_str("_data").ok()?;
     let data = data.strip_prefix("82")?;
-    if data.len() != 30 {
+    if data.len() != 46 {
         return None;
     }
+    let data = &data[16..];
     Some((
         u32::from_str_radix(&data[..8], 16).ok()?,
         u64::from_str_radix(&data[8..24], 16).ok()?,
@@ -317,7 +323,7 @@ impl State {
         let dep = self.deployment;
         let mut batch = Vec::new();
         let mut bytes = 0;
-        let mut last_token = token(dep, cursor.next_seq - 1, HIGH_WATER, 0);
+        let mut last_token = token(self.boot_secs, dep, cursor.next_seq - 1, HIGH_WATER, 0);
         let start = (cursor.next_seq - oldest) as usize;
         for entry in self.oplog.range(start..) {
             if batch.len() >= cursor.batch_size || bytes >= MAX_BSON {
@@ -328,7 +334,7 @@ impl State {
             for event in events {
                 invalidate |= event.get_str("operationType") == Ok("invalidate");
                 let fragments = if cursor.split {
-                    split_event(event, dep, entry.seq)?
+                    split_event(event, self.boot_secs, dep, entry.seq)?
                 } else {
                     vec![event]
                 };
@@ -369,7 +375,7 @@ impl State {
                 break;
             }
             if batch.is_empty() {
-                last_token = token(dep, entry.seq, HIGH_WATER, 0);
+                last_token = token(self.boot_secs, dep, entry.seq, HIGH_WATER, 0);
             }
         }
         Ok((batch, last_token))
@@ -386,7 +392,7 @@ impl State {
         show_expanded: bool,
     ) -> Document {
         let mut rest = entry.event.clone();
-        let mut event = doc! {"_id": token(self.deployment, entry.seq, EVENT, 0)};
+        let mut event = doc! {"_id": token(self.boot_secs, self.deployment, entry.seq, EVENT, 0)};
         if let Some(op) = rest.remove("operationType") {
             event.insert("operationType", op);
         }
@@ -487,7 +493,7 @@ impl State {
         };
         let mut events = vec![event];
         if invalidates {
-            events.push(doc! {"_id": token(self.deployment, entry.seq, INVALIDATE, 0), "operationType": "invalidate", "clusterTime": entry.ts, "wallTime": entry.wall});
+            events.push(doc! {"_id": token(self.boot_secs, self.deployment, entry.seq, INVALIDATE, 0), "operationType": "invalidate", "clusterTime": entry.ts, "wallTime": entry.wall});
         }
         events.retain(|e| cursor.filters.iter().all(|f| filter_matches(e, f)));
         Ok(events)
@@ -498,6 +504,7 @@ impl State {
 /// each with its own `_id` and `splitEvent: {fragment, of}`.
 pub(super) fn split_event(
     event: Document,
+    boot: u32,
     deployment: u32,
     seq: u64,
 ) -> Result<Vec<Document>, Document> {
@@ -536,7 +543,7 @@ pub(super) fn split_event(
         .map(|(i, fields)| {
             // As the server writes them: `_id` and `splitEvent` first, then the fields.
             let mut fragment = doc! {
-                "_id": token(deployment, seq, EVENT, i as u32 + 1),
+                "_id": token(boot, deployment, seq, EVENT, i as u32 + 1),
                 "splitEvent": {"fragment": i as i32 + 1, "of": of},
             };
             fragment.extend(fields);

@@ -47,7 +47,9 @@ pub(super) async fn run_command(
             if state.head != before {
                 shared.head.send_replace(state.head);
             }
-            reply.unwrap_or_else(|e| e)
+            let mut reply = reply.unwrap_or_else(|e| e);
+            state.stamp(&mut reply);
+            reply
         }
     }
 }
@@ -63,6 +65,7 @@ const WRITES: &[&str] = &[
     "collmod",
     "renamecollection",
     "committransaction",
+    "aborttransaction",
 ];
 
 pub(super) fn hello(shared: &Shared, connection_id: i32, hello: bool) -> Document {
@@ -101,6 +104,9 @@ pub(super) type Reply = Result<Document, Document>;
 impl State {
     fn command(&mut self, name: &str, db: &str, command: &Document) -> Reply {
         let txn = transaction_of(command);
+        if let Some(key) = &txn {
+            self.remember_before_write(key, name, db, command);
+        }
         match name.to_ascii_lowercase().as_str() {
             "insert" => self.insert(db, command, txn),
             "update" => self.update(db, command, txn),
@@ -206,6 +212,11 @@ impl State {
                 ))
             }
             "committransaction" => self.commit_transaction(txn),
+            "aborttransaction" => self.abort_transaction(txn),
+            // Indexes are not emulated: `createIndexes` (the relay's TTL index) is accepted.
+            "createindexes" => Ok(ok(
+                doc! {"numIndexesBefore": 1, "numIndexesAfter": 2, "createdCollectionAutomatically": false},
+            )),
             other => Err(error(
                 59,
                 "CommandNotFound",
@@ -304,7 +315,9 @@ impl State {
             let id = IdKey(doc.get("_id").cloned().unwrap_or(Bson::Null));
             let c = self.colls.get_mut(&ns).unwrap();
             if c.docs.contains_key(&id) {
-                write_errors.push(Bson::Document(doc! {"index": index as i32, "code": 11000, "errmsg": "E11000 duplicate key error"}));
+                write_errors.push(Bson::Document(super::txn_undo::duplicate_key(
+                    index, &ns, &id.0,
+                )));
                 break;
             }
             c.docs.insert(id.clone(), doc.clone());

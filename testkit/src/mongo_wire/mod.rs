@@ -19,8 +19,11 @@
 //!   paths), and `find` on `local.oplog.rs` (first/last entry's `ts` and `wall`).
 //! - Transactions: writes with `autocommit: false` are applied at once but their oplog entries
 //!   are held back until `commitTransaction` and then appear together, sharing one
-//!   `clusterTime` and carrying `lsid` (`{id, uid}`) and `txnNumber`. `abortTransaction` is not
-//!   emulated (it answers an error).
+//!   `clusterTime` and carrying `lsid` (`{id, uid}`) and `txnNumber`. `abortTransaction` puts
+//!   the collections the transaction wrote back as they were and drops its entries
+//!   (`txn_undo`). Replies carry `operationTime` and `$clusterTime`; a taken `_id` is write
+//!   error 11000 with `keyPattern`/`keyValue`; `createIndexes` is accepted (not emulated).
+//!   Resume tokens start with a clusterTime like a server's (`82` + 8 bytes).
 //! - `aggregate` with a `$changeStream` first stage (database- or collection-wide) over an
 //!   in-memory oplog: resume tokens (`{_data: hex}`, naming this deployment), a distinct
 //!   high-water-mark token before the first event, `postBatchResumeToken` in every batch,
@@ -54,7 +57,7 @@
 //!
 //! Not emulated: authentication, TLS, compression, read/write concerns (accepted and ignored),
 //! sessions beyond reading `lsid`, retryable-write deduplication (`txnNumber` outside
-//! transactions), `abortTransaction`, other pipeline stages or `$match` operators in change
+//! transactions), transaction isolation and write conflicts, other pipeline stages or `$match` operators in change
 //! streams, query operators in CRUD commands, `$pull`/`$addToSet`/array filters and update
 //! pipelines, indexes, expanded DDL events (`create`, `createIndexes`, `modify`,
 //! `shardCollection`…) and `collectionUUID`, events of other databases' renames, pre-/post-image
@@ -66,6 +69,7 @@ mod commands;
 mod faults;
 mod id_order;
 mod transactions;
+mod txn_undo;
 mod updates;
 
 use commands::run_command;
@@ -124,12 +128,14 @@ struct State {
     deployment: u32,
     /// Open transactions' oplog entries, held back until their commit ([`transactions`]).
     txns: HashMap<transactions::TxnKey, Vec<Document>>,
+    /// Open transactions' collections as they were before their first write ([`txn_undo`]).
+    undo: HashMap<transactions::TxnKey, BTreeMap<String, Option<Coll>>>,
     /// Change events sent to clients so far.
     events_sent: std::sync::atomic::AtomicU64,
     boot_secs: u32,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Coll {
     docs: BTreeMap<IdKey, Document>,
     images: bool,
@@ -263,6 +269,11 @@ impl MongoWire {
             .get(ns)
             .map(|c| c.docs.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// How many entries the oplog has had (its newest entry's number).
+    pub fn oplog_head(&self) -> u64 {
+        self.shared.lock().head
     }
 
     /// Change events sent to clients so far (after `$match`).

@@ -1,7 +1,7 @@
 //! Multi-document transactions: a write with `autocommit: false` is applied at once, but its
 //! oplog entry is held back under its (`lsid.id`, `txnNumber`) until `commitTransaction`, when
-//! all of them enter the oplog together with one `clusterTime`. Isolation, `abortTransaction`
-//! and write conflicts are not emulated; this module is where they would go.
+//! all of them enter the oplog together with one `clusterTime`. Isolation and write conflicts
+//! are not emulated; `abortTransaction` is in `txn_undo`.
 
 use super::commands::{bad, ok, Reply};
 use super::*;
@@ -49,6 +49,7 @@ impl State {
     /// `commitTransaction`: the held-back events enter the oplog, sharing one clusterTime.
     pub(super) fn commit_transaction(&mut self, txn: Option<TxnKey>) -> Reply {
         let key = txn.ok_or_else(|| bad("commitTransaction without a transaction"))?;
+        self.forget_undo(&key);
         if let Some(events) = self.txns.remove(&key) {
             self.txn_time = Some(self.next_ts());
             for mut event in events {

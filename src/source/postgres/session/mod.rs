@@ -13,10 +13,11 @@ use super::replication::{
 };
 use super::tables;
 use super::tls::PgTls;
-use super::write::{logged::LoggedThrough, PgWriter};
+use super::write::PgWriter;
 use super::Lsn;
 use crate::log::{Log, LogError, LogTxn};
 use crate::record::{Change, Op, TxMeta};
+use crate::source::logged::LoggedThrough;
 use crate::source::{CopyState, ErrorKind, Freshness, Source, SourceStatus, UnsyncedTable};
 use crate::telemetry;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -348,7 +349,7 @@ impl<'a> Session<'a> {
                 self.note_upstream_end(wal_end);
                 // Nothing received is still unlogged: every commit before `wal_end` is logged.
                 if self.upstream.is_none() && self.pending_end.is_none() {
-                    self.source.logged.advance(wal_end.max(self.durable));
+                    self.source.logged.advance(wal_end.max(self.durable).0);
                 }
                 let before = self.ack.flushed();
                 self.ack.on_keepalive(wal_end);
@@ -592,7 +593,7 @@ impl<'a> Session<'a> {
         self.local_changes = 0;
         self.local_started = None;
         self.durable = end;
-        self.source.logged.advance(end);
+        self.source.logged.advance(end.0);
         self.ack.on_durable(end);
         let more = self.upstream.is_some() || self.upstream_end > self.ack.flushed();
         self.fresh.committed(&self.source.status, more);

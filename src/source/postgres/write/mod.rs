@@ -9,7 +9,6 @@
 
 pub mod encode;
 mod ledger;
-pub mod logged;
 mod plan;
 mod pool;
 mod run;
@@ -18,9 +17,9 @@ mod table;
 use super::tls::PgTls;
 use super::Lsn;
 use crate::config::{split_table_name, WritesConfig};
+use crate::source::logged::LoggedThrough;
 use crate::source::write::{Applied, Author, CommitMark, Mutation, WriteError, Writer};
 use futures_util::future::BoxFuture;
-use logged::LoggedThrough;
 use pool::Pool;
 use run::Planned;
 use std::collections::HashMap;
@@ -240,6 +239,6 @@ impl Writer for PgWriter {
     }
 
     fn wait_visible(&self, mark: CommitMark, timeout: Duration) -> BoxFuture<'_, bool> {
-        Box::pin(self.logged.wait(Lsn(mark.0), timeout))
+        Box::pin(self.logged.wait(mark.0, timeout))
     }
 }

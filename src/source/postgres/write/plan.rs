@@ -4,9 +4,8 @@
 use super::encode::to_text;
 use super::table::Table;
 use crate::config::ConflictPolicy;
-use crate::log::scope::scope_text;
 use crate::record::Row;
-use crate::source::write::{Mutation, MutationOp, Permit, WriteError};
+use crate::source::write::{self, Mutation, MutationOp, Permit, WriteError};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -104,14 +103,8 @@ pub fn plan(index: usize, m: &Mutation, table: Arc<Table>) -> Result<Plan, Write
     let mut values: Vec<(usize, Option<String>)> = Vec::new();
     for (name, value) in m.value.iter().flatten() {
         let column = column_of("value", name)?;
-        let writable = table.is_key(column)
-            || Some(column) == version
-            || Some(column) == lww
-            || scope.as_ref().is_some_and(|s| &s.column == name)
-            || rules
-                .columns
-                .as_ref()
-                .map_or(true, |cs| cs.iter().any(|c| c == name));
+        let managed = table.is_key(column) || Some(column) == version || Some(column) == lww;
+        let writable = write::writable(name, managed, rules, scope.as_ref());
         if !writable {
             return Ok(Plan::Denied(format!(
                 "column {name:?} of {:?} is not writable (write.columns)",
@@ -123,14 +116,8 @@ pub fn plan(index: usize, m: &Mutation, table: Arc<Table>) -> Result<Plan, Write
     let scope = match scope {
         Some(scope) => {
             let column = column_of("value", &scope.column)?;
-            let given = m.value.as_ref().and_then(|v| v.get(&scope.column));
-            if let Some(given) = given {
-                if given.is_null() || scope_text(given) != scope.value {
-                    return Ok(Plan::Denied(format!(
-                        "{:?} may only hold your own rows: {} must be {:?}",
-                        m.collection, scope.column, scope.value
-                    )));
-                }
+            if let Some(why) = write::scope_refusal(m, scope) {
+                return Ok(Plan::Denied(why));
             }
             Some((column, scope.value.clone()))
         }

@@ -4,7 +4,7 @@
 use super::ledger;
 use super::plan::{key_of, Plan, Statements};
 use super::pool::Statements as Prepared;
-use crate::source::write::{Author, Mutation, Outcome, Status, WriteError};
+use crate::source::write::{fault_after_commit, Author, Mutation, Outcome, Status, WriteError};
 use serde_json::{json, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient};
@@ -142,18 +142,6 @@ async fn probe(
     let mut outcome = Outcome::new(&m.id, status, m.key.clone());
     outcome.current = Some(current);
     Ok(outcome)
-}
-
-/// The test-only fault `DELTARELAY_TEST_KILL_AFTER_UPSTREAM_COMMIT=1`: the process dies right
-/// after an upstream commit, before anyone hears of it (the lost-response case).
-fn fault_after_commit() {
-    static KILL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *KILL
-        .get_or_init(|| std::env::var_os("DELTARELAY_TEST_KILL_AFTER_UPSTREAM_COMMIT").is_some())
-    {
-        eprintln!("test fault: DELTARELAY_TEST_KILL_AFTER_UPSTREAM_COMMIT");
-        std::process::abort();
-    }
 }
 
 /// All in one transaction: the first mutation that is not applied rolls everything back.
