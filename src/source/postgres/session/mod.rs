@@ -326,12 +326,10 @@ impl<'a> Session<'a> {
                 after: limit,
             });
         }
-        bounded(
-            limit,
-            "sending a status update",
-            self.send_status(silent >= limit / 2),
-        )
-        .await
+        // Waiting for the slot to pass a new publication: ask for an answer at every update, so
+        // that an idle slot's position moves on now rather than after half the timeout.
+        let reply = silent >= limit / 2 || self.append_wait.is_some();
+        bounded(limit, "sending a status update", self.send_status(reply)).await
     }
 
     async fn handle(&mut self, message: ReplicationMessage) -> Result<(), SourceError> {

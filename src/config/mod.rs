@@ -1,10 +1,14 @@
 //! Typed configuration: one TOML file plus `DELTARELAY__SECTION__KEY` environment overrides.
 
+mod writes;
+
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use writes::validate_write;
+pub use writes::{ConflictPolicy, WriteConfig, WritesConfig};
 
 pub const DEFAULT_PATH: &str = "/etc/deltarelay/deltarelay.toml";
 
@@ -65,65 +69,6 @@ pub struct Config {
     /// `[writes]`: `POST /v1/mutations` (per-collection rules are `[collections."…".write]`).
     #[serde(default)]
     pub writes: WritesConfig,
-}
-
-/// `[writes]`: what holds for every write.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WritesConfig {
-    /// How long applied mutation ids are remembered upstream (retries within it are
-    /// answered `duplicate`).
-    #[serde(default = "default_idempotency_retention", with = "duration_text")]
-    pub idempotency_retention: Duration,
-    /// With `auth.mode = "none"`, accept writes at all (refused otherwise).
-    #[serde(default)]
-    pub allow_unauthenticated: bool,
-    /// Ordinary connections each source may open for writes.
-    #[serde(default = "default_write_pool")]
-    pub pool_size: usize,
-}
-
-impl Default for WritesConfig {
-    fn default() -> Self {
-        WritesConfig {
-            idempotency_retention: default_idempotency_retention(),
-            allow_unauthenticated: false,
-            pool_size: default_write_pool(),
-        }
-    }
-}
-
-fn default_idempotency_retention() -> Duration {
-    Duration::from_secs(7 * 24 * 3600)
-}
-fn default_write_pool() -> usize {
-    8
-}
-
-/// `[collections."…".write]`: who may write a collection, what, and how conflicts resolve.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WriteConfig {
-    /// Claim name → accepted values, as `read_claims` (ignored with `auth.mode = "none"`).
-    #[serde(default)]
-    pub claims: BTreeMap<String, Vec<serde_json::Value>>,
-    /// Writable columns besides the key; `None`: all.
-    pub columns: Option<Vec<String>>,
-    #[serde(default)]
-    pub conflict: ConflictPolicy,
-    pub version_column: Option<String>,
-    pub lww_column: Option<String>,
-    /// Run the writes as this database role (`SET LOCAL ROLE`, with `request.jwt.claims`).
-    pub db_role: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConflictPolicy {
-    #[default]
-    Reject,
-    LastWriteWins,
-    ClientWins,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -512,28 +457,6 @@ impl Config {
     }
 }
 
-/// What the types of `[collections."…".write]` cannot check.
-fn validate_write(write: &WriteConfig) -> Result<(), String> {
-    if write.conflict == ConflictPolicy::LastWriteWins && write.lww_column.is_none() {
-        return Err(
-            "write.conflict = \"last_write_wins\" needs write.lww_column = \"<timestamp column>\""
-                .into(),
-        );
-    }
-    for (claim, values) in &write.claims {
-        if values.is_empty() {
-            return Err(format!(
-                "write.claims.{claim} lists no values: no token could write"
-            ));
-        }
-    }
-    let named = [&write.version_column, &write.lww_column, &write.db_role];
-    if named.iter().any(|n| n.as_deref() == Some("")) {
-        return Err("write.version_column, lww_column and db_role must not be empty".into());
-    }
-    Ok(())
-}
-
 /// `schema.table` → (schema, table).
 pub fn split_table_name(name: &str) -> Option<(&str, &str)> {
     let (schema, table) = name.split_once('.')?;
@@ -564,143 +487,4 @@ pub mod duration_text {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use std::io::Write;
-
-    pub const MINIMAL: &str = r#"
-[http]
-listen = "127.0.0.1:8080"
-[log]
-dir = "/tmp/x"
-tombstone_retention = "30d"
-[auth]
-mode = "none"
-[[sources]]
-name = "app_pg"
-kind = "postgres"
-url = "postgres://relay@127.0.0.1:5432/app"
-tables = ["public.events", "public.users"]
-"#;
-
-    /// A config file with `text`, loaded: for the source kinds' own tests.
-    pub fn load_text(text: &str) -> Result<Config, ConfigError> {
-        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        file.write_all(text.as_bytes()).unwrap();
-        Config::load(file.path())
-    }
-
-    #[test]
-    fn loads_the_minimal_file() {
-        let config = load_text(MINIMAL).unwrap();
-        assert_eq!(
-            config.log.tombstone_retention,
-            Duration::from_secs(30 * 86400)
-        );
-        let source = &config.sources[0];
-        assert_eq!(source.kind, "postgres");
-        assert_eq!(
-            source.options["tables"],
-            serde_json::json!(["public.events", "public.users"])
-        );
-    }
-
-    #[test]
-    fn rejects_unknown_keys_by_name() {
-        let err = load_text(&MINIMAL.replace("[auth]", "[auth]\nmoed = 1")).unwrap_err();
-        assert!(err.to_string().contains("moed"), "{err}");
-        for (section, typo) in [
-            ("[http]", "consol = true"),
-            ("[log]", "tombstone_retension = \"1d\""),
-        ] {
-            let text = MINIMAL.replace(section, &format!("{section}\n{typo}"));
-            let err = load_text(&text).unwrap_err().to_string();
-            let key = typo.split(' ').next().unwrap();
-            assert!(err.contains(key), "{section} {key}: {err}");
-        }
-        let err = load_text(&format!("{MINIMAL}\n[metrics]\nport = 1\n")).unwrap_err();
-        assert!(err.to_string().contains("metrics"), "{err}");
-    }
-
-    #[test]
-    fn console_is_off_unless_enabled() {
-        assert!(!load_text(MINIMAL).unwrap().http.console);
-        let text = MINIMAL.replace("[http]", "[http]\nconsole = true");
-        assert!(load_text(&text).unwrap().http.console);
-    }
-
-    #[test]
-    fn durations_take_units_from_seconds_to_days() {
-        for (text, secs) in [
-            ("30s", 30),
-            ("5m", 300),
-            ("12h", 43_200),
-            ("30d", 2_592_000),
-        ] {
-            let config = load_text(&MINIMAL.replace("\"30d\"", &format!("{text:?}"))).unwrap();
-            assert_eq!(config.log.tombstone_retention, Duration::from_secs(secs));
-        }
-    }
-
-    #[test]
-    fn rejects_bad_durations() {
-        let err = load_text(&MINIMAL.replace("\"30d\"", "\"thirty\"")).unwrap_err();
-        assert!(err.to_string().contains("thirty"), "{err}");
-    }
-
-    #[test]
-    fn url_env_must_name_a_set_variable() {
-        let text = MINIMAL.replace(
-            "url = \"postgres://relay@127.0.0.1:5432/app\"",
-            "url_env = \"DELTARELAY_TEST_SURELY_UNSET\"",
-        );
-        let err = load_text(&text).unwrap_err();
-        assert!(
-            err.to_string().contains("DELTARELAY_TEST_SURELY_UNSET"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn auth_none_is_refused_on_a_public_address_unless_allowed() {
-        let public = MINIMAL.replace("127.0.0.1:8080", "0.0.0.0:8080");
-        let err = load_text(&public).unwrap_err().to_string();
-        assert!(
-            err.contains("not a loopback address") && err.contains("allow_unauthenticated_remote"),
-            "{err}"
-        );
-        let allowed = public.replace(
-            "listen = \"0.0.0.0:8080\"",
-            "listen = \"0.0.0.0:8080\"\nallow_unauthenticated_remote = true",
-        );
-        load_text(&allowed).unwrap();
-    }
-
-    #[test]
-    fn jwt_rules_and_keys() {
-        let jwt = MINIMAL.replace(
-            "mode = \"none\"",
-            "mode = \"jwt\"\njwt_secret = \"0123456789abcdef0123456789abcdef\"\nissuer = \"https://a\"",
-        ) + r#"
-[collections."public.todos"]
-read_claims = { role = ["user", "admin"] }
-scope = { column = "user_id", claim = "sub" }
-[collections."public.tags"]
-"#;
-        let config = load_text(&jwt).unwrap();
-        let todos = &config.collections["public.todos"];
-        assert_eq!(todos.read_claims["role"].len(), 2);
-        assert_eq!(todos.scope.as_ref().unwrap().column, "user_id");
-        assert_eq!(
-            config.scope_columns(),
-            BTreeMap::from([("public.todos".to_string(), "user_id".to_string())])
-        );
-        assert!(config.collections.contains_key("public.tags"));
-        let keyless = MINIMAL.replace("mode = \"none\"", "mode = \"jwt\"");
-        let err = load_text(&keyless).unwrap_err().to_string();
-        assert!(err.contains("jwt_secret_env"), "{err}");
-        let short = MINIMAL.replace("mode = \"none\"", "mode = \"jwt\"\njwt_secret = \"short\"");
-        let err = load_text(&short).unwrap_err().to_string();
-        assert!(err.contains("32 bytes"), "{err}");
-    }
-}
+pub(crate) mod tests;
