@@ -6,12 +6,14 @@
 //! headers and body schema, and none may be a 500; afterwards the relay must still be running
 //! and answer `/healthz`.
 //!
-//! The relay runs with JWT auth on and a private Postgres with two tables of varied column
-//! types (`public.items`, readable with the `member` token schemathesis sends, and
-//! `public.secrets`, `admin` only), changed after the initial copy. Two runs: with a valid token
+//! The relay runs with a private Postgres with two tables of varied column types
+//! (`public.items`, readable with the `member` token schemathesis sends, and `public.secrets`,
+//! `admin` only), changed after the initial copy. Three runs: with JWT auth and a valid token
 //! (200s, 400 for bad parameters, 403 for collections the token may not read, 410 for a foreign
-//! cursor, 405 for undocumented methods) and, briefly, with a forged one (the 401 paths).
-//! Checks: all of schemathesis's; valid input may get the documented 4xx (see [`CONFIG`]).
+//! cursor, 405 for undocumented methods), briefly with a forged token (the 401 paths), then the
+//! same log with auth off (404 for unknown collections). Checks: all of schemathesis's; valid
+//! input may get the documented 4xx (see [`CONFIG`]). `DELTARELAY_SCHEMATHESIS_SCALE=<x>`
+//! makes every run x times longer, to hunt.
 //!
 //! `/v1/stream` is left out: its 200 is an endless event stream, which schemathesis would only
 //! ever see as a request timeout. Its parameters are parsed by the same code as `/v1/changes`'s,
@@ -26,7 +28,7 @@ use std::process::Command;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use testkit::free_port;
 use testkit::pg::PgServer;
-use testkit::relay::{http_status, postgres_config, start_ready_relay_with};
+use testkit::relay::{http_status, postgres_config, start_ready_relay_with, SLOT};
 
 const SECRET: &str = "schemathesis-test-secret-0123456789";
 /// The version `.ci/run` installs; another one may check differently, so it is named on failure.
@@ -103,56 +105,57 @@ fn every_generated_request_gets_a_documented_response_and_the_relay_survives() {
     let pg = PgServer::start();
     pg.psql("app", TABLES);
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = postgres_config(
-        &pg.url("app"),
-        &dir.path().join("log"),
-        &["public.items", "public.secrets"],
-        port,
-    ) + &format!(
-        r#"
-[auth]
-mode = "jwt"
-jwt_secret = "{SECRET}"
-
-[collections."public.items"]
-read_claims = {{ role = ["member", "admin"] }}
-
-[collections."public.secrets"]
-read_claims = {{ role = ["admin"] }}
-
-[limits]
-requests_per_second = 100000
-burst = 100000
-"#
-    );
-    let (mut relay, addr) = start_ready_relay_with(dir.path(), &config, port);
-    // Changes after the initial copy, so the log holds live records (updates, a delete) too.
+    // Two relays on the same tables, each with its own slot and log: JWT auth, and auth off
+    // (404 for unknown collections where JWT answers 403).
+    let (jwt_dir, open_dir) = (dir.path().join("jwt"), dir.path().join("open"));
+    let (jwt_port, open_port) = (free_port(), free_port());
+    std::fs::create_dir_all(&jwt_dir).unwrap();
+    std::fs::create_dir_all(&open_dir).unwrap();
+    let jwt_config = relay_config(&pg, &jwt_dir, jwt_port, true);
+    let open_config =
+        relay_config(&pg, &open_dir, open_port, false).replace(SLOT, "deltarelay_open");
+    let (mut jwt_relay, jwt_addr) = start_ready_relay_with(&jwt_dir, &jwt_config, jwt_port);
+    let (mut open_relay, open_addr) = start_ready_relay_with(&open_dir, &open_config, open_port);
+    // Changes after the initial copy, so the logs hold live records (updates, a delete) too.
     pg.psql(
         "app",
         "UPDATE items SET price = 99.99, tags = '{x}' WHERE id = 2; \
          INSERT INTO items (id, name) VALUES (4, 'four'); DELETE FROM items WHERE id = 1;",
     );
+    std::fs::write(dir.path().join("schemathesis.toml"), CONFIG).unwrap();
 
-    let config_file = dir.path().join("schemathesis.toml");
-    std::fs::write(&config_file, CONFIG).unwrap();
-
-    // With a valid token: every operation's success and parameter-error paths (and 403 for a
-    // collection the token may not read, 410 for a foreign cursor).
-    let valid = run(addr, dir.path(), "valid-token", &token("member"), "40");
-    // With a token signed by another key: the 401 paths (schemathesis sends no request without
-    // the header it was given, and the document makes auth optional, as it is with auth none).
+    // At the same time, since a run can end only when its longest long poll (≤ 60 s) has:
+    // with a valid token (200s, 400s, 403 for a collection the token may not read, 410 for a
+    // foreign cursor); with a token signed by another key (the 401 paths: schemathesis sends no
+    // request without the header it was given, and the document makes auth optional, as it is
+    // with auth none); and without auth.
+    let valid_token = token("member");
     let forged = token_signed_with("member", b"not-the-relay-secret-0123456789abc");
-    let invalid = run(addr, dir.path(), "invalid-token", &forged, "10");
+    let (valid, invalid, open) = std::thread::scope(|s| {
+        let valid = s.spawn(|| run(jwt_addr, dir.path(), "valid-token", Some(&valid_token), 30));
+        let invalid = s.spawn(|| run(jwt_addr, dir.path(), "invalid-token", Some(&forged), 10));
+        let open = s.spawn(|| run(open_addr, dir.path(), "no-auth", None, 20));
+        (
+            valid.join().unwrap(),
+            invalid.join().unwrap(),
+            open.join().unwrap(),
+        )
+    });
 
-    relay.assert_running();
-    assert_eq!(
-        http_status(addr, "/healthz"),
-        Some(200),
-        "the relay stopped answering /healthz after the schemathesis runs; its log:\n{}",
-        relay.output()
-    );
-    for run in [&valid, &invalid] {
+    for (relay, addr) in [(&mut jwt_relay, jwt_addr), (&mut open_relay, open_addr)] {
+        relay.assert_running();
+        assert_eq!(
+            http_status(addr, "/healthz"),
+            Some(200),
+            "a relay stopped answering /healthz after the schemathesis runs; its log:\n{}",
+            relay.output()
+        );
+    }
+    for (run, relay) in [
+        (&valid, &jwt_relay),
+        (&invalid, &jwt_relay),
+        (&open, &open_relay),
+    ] {
         assert!(
             run.passed,
             "schemathesis ({version}; .ci/run pins {PINNED}) found responses that do not match \
@@ -162,7 +165,15 @@ burst = 100000
         );
     }
     // Proof that the runs reached what they were meant to reach.
-    for (run, status) in [(&valid, 200), (&valid, 400), (&invalid, 401)] {
+    let expected = [
+        (&valid, 200),
+        (&valid, 400),
+        (&valid, 403),
+        (&invalid, 401),
+        (&open, 200),
+        (&open, 404),
+    ];
+    for (run, status) in expected {
         assert!(
             run.statuses.contains_key(&status),
             "the {} run saw no {status} response: {:?}",
@@ -172,6 +183,33 @@ burst = 100000
     }
 }
 
+/// The relay's config: both tables, generous rate limits, and with `jwt` the auth rules.
+fn relay_config(pg: &PgServer, dir: &Path, port: u16, jwt: bool) -> String {
+    let mut config = postgres_config(
+        &pg.url("app"),
+        &dir.join("log"),
+        &["public.items", "public.secrets"],
+        port,
+    );
+    config.push_str("\n[limits]\nrequests_per_second = 100000\nburst = 100000\n");
+    if jwt {
+        config.push_str(&format!(
+            r#"
+[auth]
+mode = "jwt"
+jwt_secret = "{SECRET}"
+
+[collections."public.items"]
+read_claims = {{ role = ["member", "admin"] }}
+
+[collections."public.secrets"]
+read_claims = {{ role = ["admin"] }}
+"#
+        ));
+    }
+    config
+}
+
 struct RunResult {
     name: &'static str,
     passed: bool,
@@ -179,21 +217,35 @@ struct RunResult {
     statuses: BTreeMap<u64, usize>,
 }
 
-/// One `schemathesis run` against the relay's served document with `token` in the
-/// Authorization header, for at most `max_time` seconds.
-fn run(addr: SocketAddr, dir: &Path, name: &'static str, token: &str, max_time: &str) -> RunResult {
+/// One `schemathesis run` against the relay's served document, with `token` (if any) in the
+/// Authorization header, generating for about `seconds` (times `DELTARELAY_SCHEMATHESIS_SCALE`,
+/// default 1, for longer hunts).
+fn run(
+    addr: SocketAddr,
+    dir: &Path,
+    name: &'static str,
+    token: Option<&str>,
+    seconds: u32,
+) -> RunResult {
+    let scale: f64 = std::env::var("DELTARELAY_SCHEMATHESIS_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    let max_time = ((f64::from(seconds) * scale).round() as u64)
+        .max(1)
+        .to_string();
     let har = dir.join(format!("{name}.har"));
     let started = Instant::now();
-    let out = schemathesis()
+    let mut command = schemathesis();
+    command
         .arg("--config-file")
         .arg(dir.join("schemathesis.toml"))
         .arg("run")
         .arg(format!("http://{addr}/v1/openapi.json"))
         .args(["--checks", "all"])
         .args(["--exclude-path", "/v1/stream"])
-        .args(["--header", &format!("Authorization: Bearer {token}")])
         .args(["--phases", "examples,coverage,fuzzing"])
-        .args(["--max-examples", "40", "--max-time", max_time])
+        .args(["--max-examples", "40", "--max-time", &max_time])
         // Above the longest documented long poll (`wait` ≤ 60 s), so a held request is no error.
         .args(["--request-timeout", "65", "--max-response-time", "62"])
         .args([
@@ -206,9 +258,11 @@ fn run(addr: SocketAddr, dir: &Path, name: &'static str, token: &str, max_time: 
         .args(["--generation-database", "none"])
         .args(["--report", "har", "--report-har-path"])
         .arg(&har)
-        .current_dir(dir)
-        .output()
-        .expect("running schemathesis");
+        .current_dir(dir);
+    if let Some(token) = token {
+        command.args(["--header", &format!("Authorization: Bearer {token}")]);
+    }
+    let out = command.output().expect("running schemathesis");
     eprintln!(
         "schemathesis, {name} run, took {:.0?}:\n{}{}",
         started.elapsed(),
