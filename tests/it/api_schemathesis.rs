@@ -3,15 +3,15 @@
 //! document from a running relay binary and sends generated requests, valid and invalid, to
 //! every operation it lists — so routes and parameters added to the document later are tested
 //! without touching this file. Every response must have a documented status, content type,
-//! headers and body schema, and none may be a 500; afterwards the relay must still be running
+//! headers and body schema, and none may be a 500; afterwards the relays must still be running
 //! and answer `/healthz`.
 //!
 //! The relay runs with a private Postgres with two tables of varied column types
 //! (`public.items`, readable with the `member` token schemathesis sends, and `public.secrets`,
 //! `admin` only), changed after the initial copy. Three runs: with JWT auth and a valid token
 //! (200s, 400 for bad parameters, 403 for collections the token may not read, 410 for a foreign
-//! cursor, 405 for undocumented methods), briefly with a forged token (the 401 paths), then the
-//! same log with auth off (404 for unknown collections). Checks: all of schemathesis's; valid
+//! cursor, 405 for undocumented methods), briefly with a forged token (the 401 paths), and against a
+//! second relay on the same tables with auth off (404 for unknown collections), side by side. Checks: all of schemathesis's; valid
 //! input may get the documented 4xx (see [`CONFIG`]). `DELTARELAY_SCHEMATHESIS_SCALE=<x>`
 //! makes every run x times longer, to hunt.
 //!
