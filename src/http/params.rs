@@ -129,7 +129,12 @@ pub fn parse_wait(value: Option<&str>) -> Result<Duration, ApiError> {
         return Ok(Duration::ZERO);
     };
     let value = value.trim();
-    let plain = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    // A decimal or exponent form (`1.5`, `1e-7`: what JavaScript's `String(n)` gives), unsigned
+    // so `-0` stays out; `inf`/`nan` fail is_finite below.
+    let plain = value.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
     match value.parse::<f64>() {
         Ok(s) if plain && s.is_finite() && (0.0..=MAX_WAIT_SECONDS).contains(&s) => {
             Ok(Duration::from_secs_f64(s))
@@ -191,7 +196,11 @@ mod tests {
         }
         assert_eq!(parse_wait(Some("60")), Ok(Duration::from_secs(60)));
         assert_eq!(parse_wait(Some("0.5")), Ok(Duration::from_millis(500)));
-        for bad in ["61", "-1", "nan", "inf", "1e1", "", "x"] {
+        assert_eq!(parse_wait(Some("1e1")), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_wait(Some("1.5E-28")), Ok(Duration::ZERO));
+        for bad in [
+            "61", "-1", "-0", "+1", "nan", "inf", "6e1.5", "1e2", "", "x", "e1",
+        ] {
             assert!(parse_wait(Some(bad)).is_err(), "{bad}");
         }
     }

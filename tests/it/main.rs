@@ -3,6 +3,7 @@
 //! The shared support code (private Postgres servers, the relay as a child process, HTTP and
 //! SSE clients, the MongoDB wire test server…) is the `testkit` crate in testkit/.
 
+mod api_schemathesis;
 mod auth_pg_scope;
 mod auth_startup;
 mod browser_eventsource;
