@@ -35,11 +35,22 @@ const SECRET: &str = "schemathesis-test-secret-0123456789";
 const PINNED: &str = "4.32.5";
 /// Every check schemathesis has (schema, status, content type and header conformance; no 500;
 /// invalid input refused with a 4xx, valid input accepted; auth enforced; 405 for undocumented
-/// methods…). Schema-valid input may still be refused where the document says so:
-/// a well-formed cursor of another log epoch, or beyond the head, gets 410.
+/// methods…). Schema-valid input may still be refused where the document says so: a
+/// well-formed cursor of another log epoch, or beyond the head, gets 410; a request whose URL
+/// and headers pass `limits.max_header_bytes` gets 431, valid or not. Where validity is more
+/// than a JSON schema can say, valid-looking input may get 400 too: a `where` is a SQL filter
+/// checked against the collection's columns and needs exactly one collection named, and a
+/// mutation's values are checked against the column types (and ids must be unique per request).
 const CONFIG: &str = r#"
 [checks.positive_data_acceptance]
-expected-statuses = ["2xx", "401", "403", "404", "410", "429"]
+expected-statuses = ["2xx", "401", "403", "404", "410", "429", "431"]
+
+[checks.negative_data_rejection]
+expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "431"]
+
+[[operations]]
+include-path = ["/v1/changes", "/v1/mutations"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "410", "413", "429", "431"]
 "#;
 
 fn token(role: &str) -> String {
