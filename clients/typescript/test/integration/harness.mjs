@@ -104,14 +104,14 @@ function postgresIds() {
   return [Number(uid), Number(gid)];
 }
 
-/** The relay binary as a child process with one Postgres source. */
+/** The relay binary as a child process with one Postgres source; `extra` is appended TOML. */
 export class Relay {
-  static async start(pg, db, tables) {
+  static async start(pg, db, tables, extra = "") {
     const dir = mkdtempSync(join(tmpdir(), "deltarelay-node-relay"));
     const port = await freePort();
     const config = `[http]\nlisten = "127.0.0.1:${port}"\n\n[log]\ndir = ${JSON.stringify(join(dir, "log"))}\n\n` +
       `[[sources]]\nname = "app_pg"\nkind = "postgres"\nurl = ${JSON.stringify(pg.url(db))}\n` +
-      `slot = "${db}_slot"\npublication = "${db}_pub"\ntables = [${tables.map((t) => JSON.stringify(t)).join(", ")}]\n`;
+      `slot = "${db}_slot"\npublication = "${db}_pub"\ntables = [${tables.map((t) => JSON.stringify(t)).join(", ")}]\n${extra}`;
     writeFileSync(join(dir, "deltarelay.toml"), config);
     const relay = new Relay(dir, port, `${db}_slot`);
     relay.spawn();

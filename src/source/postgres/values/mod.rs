@@ -83,10 +83,12 @@ fn float(text: &str) -> Option<Value> {
     serde_json::Number::from_f64(value).map(Value::Number)
 }
 
+/// `t`/`f` as pgoutput sends them; `true`/`false` as `bool::text` spells them (the writer
+/// reads `current` rows through `::text` casts).
 fn boolean(text: &str) -> Option<Value> {
     match text {
-        "t" => Some(Value::Bool(true)),
-        "f" => Some(Value::Bool(false)),
+        "t" | "true" => Some(Value::Bool(true)),
+        "f" | "false" => Some(Value::Bool(false)),
         _ => None,
     }
 }

@@ -123,6 +123,9 @@ fn numeric_is_always_text() {
 fn booleans() {
     assert_eq!(scalar(oid::BOOL, "t"), json!(true));
     assert_eq!(scalar(oid::BOOL, "f"), json!(false));
+    // `bool::text` (the writer's `current` rows) spells them out.
+    assert_eq!(scalar(oid::BOOL, "true"), json!(true));
+    assert_eq!(scalar(oid::BOOL, "false"), json!(false));
     assert_eq!(scalar(oid::BOOL, "yes"), json!("yes"));
 }
 
