@@ -165,6 +165,9 @@ test("kill -9 of the relay and a client crash with writes queued: every write ap
   c.setOnline(true);
   await until(() => lost === 1 && applied(db) === 35, 30000, "the batch applied, its answer lost");
   assert.equal(c.queue.entries.filter((e) => !e.ack).length, 5, "the client never learned of it");
+  // The crashed client is gone before the next one opens the store (two live clients on one
+  // store would overwrite each other's saved state).
+  await c.close();
   const d = createClient({ url: relay.url, store: fileStore(dir), backoff, onConflict });
   t.after(() => d.close());
   const seenD = watch(d);
