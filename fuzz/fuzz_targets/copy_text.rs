@@ -22,7 +22,7 @@ fn rows(chunks: &[&[u8]], width: usize) -> Rows {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    out.push(Err(e));
+                    out.push(Err(e.to_string()));
                     break;
                 }
             }

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use text_format::TextRows;
+pub use text_format::TextRows;
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
