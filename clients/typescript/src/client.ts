@@ -75,12 +75,11 @@ export class Client implements Core {
     return this.queue.flush();
   }
 
-  /** Stops every connection; resolves once each collection's state is stored. */
+  /** Stops every connection; resolves once each collection's state and the write queue are stored. */
   close(): Promise<void> {
     this.online = false;
-    this.queue.stop();
     this.waiting.forEach((wake) => wake());
-    return Promise.all([...this.collections.values()].map((c) => c.close())).then(() => {});
+    return Promise.all([this.queue.close(), ...[...this.collections.values()].map((c) => c.close())]).then(() => {});
   }
 
   whenOnline(signal: AbortSignal): Promise<void> {

@@ -28,6 +28,8 @@ export class WriteQueue {
   readonly loaded: Promise<void>;
   private saving: Promise<void> = Promise.resolve();
   private flushing = false;
+  /** The flush in progress (or the last one): what `close` waits for. */
+  private running: Promise<void> = Promise.resolve();
   private attempt = 0;
   private timer?: ReturnType<typeof setTimeout>;
 
@@ -60,10 +62,17 @@ export class WriteQueue {
     ));
   }
 
-  /** Sends unacknowledged writes in order until none is left or the relay cannot be reached. */
-  async flush(): Promise<void> {
-    if (this.flushing || !this.core.online) return;
+  /**
+   * Sends unacknowledged writes in order until none is left or the relay cannot be reached;
+   * while a flush runs, another call joins it.
+   */
+  flush(): Promise<void> {
+    if (this.flushing || !this.core.online) return this.running;
     this.flushing = true;
+    return (this.running = this.drain());
+  }
+
+  private async drain(): Promise<void> {
     clearTimeout(this.timer);
     let size = BATCH;
     try {
@@ -114,9 +123,16 @@ export class WriteQueue {
     }
   }
 
-  /** Cancels a scheduled retry (the client is closing). */
-  stop() {
+  /**
+   * The client is closing (it is offline by now): cancels a scheduled retry and resolves once
+   * the flush in progress has ended and every answer it got is stored, so that a client
+   * opened next on the same store starts from what this one knew.
+   */
+  async close(): Promise<void> {
     clearTimeout(this.timer);
+    await this.running;
+    clearTimeout(this.timer);
+    await this.saving.catch(() => {});
   }
 
   /** A write the relay did not apply leaves the queue (the server's state wins) and is reported. */

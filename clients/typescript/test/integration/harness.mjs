@@ -168,11 +168,20 @@ export class Relay {
   }
 }
 
-/** Resolves once `check()` holds (polled every 20 ms), or rejects after `ms`. */
+/**
+ * How long a test waits for a condition. Generous because CI runs these tests beside the whole
+ * Rust suite on two cores; a passing run never waits this long (these are not timings).
+ */
+export const WAIT = 90000;
+
+/**
+ * Resolves once `check()` holds (polled every 20 ms), or rejects after `ms`. `what` names the
+ * condition: a string, or a function returning one (to show the state at the time out).
+ */
 export async function until(check, ms, what) {
   const end = Date.now() + ms;
   while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${typeof what === "function" ? what() : what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }

@@ -7,12 +7,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient, SseParser } from "../../dist/index.js";
 import { fileStore } from "../../dist/file-store.js";
-import { Pg, Relay, missingPrerequisite, until } from "./harness.mjs";
+import { Pg, Relay, WAIT, missingPrerequisite, until } from "./harness.mjs";
 
 const missing = missingPrerequisite();
 if (missing && process.env.CI === "true") throw new Error(`integration tests cannot run: ${missing}`);
 const skip = missing ? `skipped: ${missing}` : false;
-const opts = { skip, timeout: 180000 };
+const opts = { skip, timeout: 600000 };
 const backoff = { base: 100, max: 1000 };
 
 let pg;
@@ -74,14 +74,14 @@ test("initial sync, live changes, a reload from the file store, and long polling
   const client = createClient({ url: relay.url, store: fileStore(dir), fetch: tap.fetch, backoff });
   t.after(() => client.close());
   const seen = watch(client);
-  await until(() => seen.info?.synced, 30000, "initial sync");
+  await until(() => seen.info?.synced, WAIT, "initial sync");
   assert.deepEqual(sorted(seen.rows), pg.rows(db, "todos"));
   assert.equal(seen.rows.get("7").title, "todo 7", "rows are keyed by the id's text");
 
   pg.psql(db, `INSERT INTO todos VALUES (1000, 'new', false);
                UPDATE todos SET done = true, title = 'edited' WHERE id <= 10;
                DELETE FROM todos WHERE id BETWEEN 11 AND 20`);
-  await until(() => seen.rows.size === 191 && seen.rows.get("1000") && seen.rows.get("1").title === "edited", 30000, "live changes");
+  await until(() => seen.rows.size === 191 && seen.rows.get("1000") && seen.rows.get("1").title === "edited", WAIT, "live changes");
   assert.deepEqual(sorted(seen.rows), pg.rows(db, "todos"));
   const cursor = seen.info.cursor;
   await client.close();
@@ -91,7 +91,7 @@ test("initial sync, live changes, a reload from the file store, and long polling
   const reloaded = createClient({ url: relay.url, store: fileStore(dir), fetch: again.fetch, backoff });
   t.after(() => reloaded.close());
   const seen2 = watch(reloaded);
-  await until(() => seen2.info?.synced, 30000, "reloaded and synced");
+  await until(() => seen2.info?.synced, WAIT, "reloaded and synced");
   assert.equal(again.connections[0].lastEventId, cursor);
   assert.deepEqual(again.connections[0].events.filter((e) => e.event === "change"), []);
   assert.deepEqual(sorted(seen2.rows), pg.rows(db, "todos"));
@@ -100,10 +100,10 @@ test("initial sync, live changes, a reload from the file store, and long polling
   const poller = createClient({ url: relay.url, transport: "poll", pollWait: 2, backoff });
   t.after(() => poller.close());
   const seen3 = watch(poller);
-  await until(() => seen3.info?.synced, 30000, "long-poll sync");
+  await until(() => seen3.info?.synced, WAIT, "long-poll sync");
   assert.deepEqual(sorted(seen3.rows), pg.rows(db, "todos"));
   pg.psql(db, "UPDATE todos SET title = 'polled' WHERE id = 2");
-  await until(() => seen3.rows.get("2")?.title === "polled", 30000, "long-poll live change");
+  await until(() => seen3.rows.get("2")?.title === "polled", WAIT, "long-poll live change");
 });
 
 test("kill -9 of the relay: the client resumes with Last-Event-ID, nothing lost or twice", opts, async (t) => {
@@ -114,10 +114,10 @@ test("kill -9 of the relay: the client resumes with Last-Event-ID, nothing lost 
   const client = createClient({ url: relay.url, fetch: tap.fetch, backoff });
   t.after(() => client.close());
   const seen = watch(client);
-  await until(() => seen.info?.synced, 30000, "initial sync");
+  await until(() => seen.info?.synced, WAIT, "initial sync");
 
   for (let i = 1; i <= 20; i++) pg.psql(db, `UPDATE todos SET title = 'before kill ${i}' WHERE id = ${i}`);
-  await until(() => seen.rows.get("20").title === "before kill 20", 30000, "changes before the kill");
+  await until(() => seen.rows.get("20").title === "before kill 20", WAIT, "changes before the kill");
   await relay.kill();
   // Committed while the relay is down: the slot keeps them.
   pg.psql(db, `UPDATE todos SET title = 'while down' WHERE id BETWEEN 21 AND 40;
@@ -156,7 +156,7 @@ test("410: a relay that lost its slot expires the cursor; the client resyncs fro
   const resyncs = [];
   client.on("resync", (e) => resyncs.push(e));
   const seen = watch(client);
-  await until(() => seen.info?.synced, 30000, "initial sync");
+  await until(() => seen.info?.synced, WAIT, "initial sync");
   const oldCursor = seen.info.cursor;
 
   await relay.kill();

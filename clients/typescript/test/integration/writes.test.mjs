@@ -9,12 +9,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient } from "../../dist/index.js";
 import { fileStore } from "../../dist/file-store.js";
-import { Pg, Relay, missingPrerequisite, until } from "./harness.mjs";
+import { Pg, Relay, WAIT, missingPrerequisite, until } from "./harness.mjs";
 
 const missing = missingPrerequisite();
 if (missing && process.env.CI === "true") throw new Error(`integration tests cannot run: ${missing}`);
 const skip = missing ? `skipped: ${missing}` : false;
-const opts = { skip, timeout: 180000 };
+const opts = { skip, timeout: 600000 };
 const backoff = { base: 100, max: 500 };
 
 let pg;
@@ -71,13 +71,21 @@ const instants = (rows) =>
 /** The client's view equals the table, with nothing pending. */
 const converged = (seen, db, table = "todos") => () =>
   seen.info?.pending === 0 && instants(sorted(seen.rows)) === instants(pg.rows(db, table));
+/** What `converged` saw when it timed out: what is pending and the rows that differ. */
+const explain = (what, seen, db, table = "todos") => () => {
+  const client = new Map(sorted(seen.rows).map((r) => [r.id, instants(r)]));
+  const server = new Map(pg.rows(db, table).map((r) => [r.id, instants(r)]));
+  const differ = [...new Set([...client.keys(), ...server.keys()])].filter((id) => client.get(id) !== server.get(id));
+  const rows = differ.slice(0, 5).map((id) => `\n  ${id}: client ${client.get(id)} / db ${server.get(id)}`).join("");
+  return `${what} (info ${JSON.stringify(seen.info)}, ${applied(db)} applied, ${differ.length} rows differ)${rows}`;
+};
 
 test("writes reach Postgres exactly once and come back through the stream in place of the optimistic rows", opts, async (t) => {
   const { db, relay } = await writableRelay(t, 10);
   const client = createClient({ url: relay.url, backoff });
   t.after(() => client.close());
   const seen = watch(client);
-  await until(() => seen.info?.synced, 30000, "initial sync");
+  await until(() => seen.info?.synced, WAIT, "initial sync");
 
   client.setOnline(false);
   const todos = client.collection("public.todos");
@@ -91,7 +99,7 @@ test("writes reach Postgres exactly once and come back through the stream in pla
   assert.equal(pg.psql(db, "SELECT count(*) FROM todos WHERE id = 100"), "0", "nothing is sent offline");
 
   client.setOnline(true);
-  await until(converged(seen, db), 30000, "the writes applied and streamed back");
+  await until(converged(seen, db), WAIT, explain("the writes applied and streamed back", seen, db));
   // The server's rows replaced the optimistic ones (defaults and the version the relay set).
   assert.deepEqual(seen.rows.get("100"), { id: 100, title: "written by the client", done: false, version: 1, made: "by postgres" });
   assert.deepEqual(seen.rows.get("2"), { id: 2, title: "todo 2", done: true, version: 2, made: "by postgres" });
@@ -108,7 +116,7 @@ test("kill -9 of the relay and a client crash with writes queued: every write ap
   const a = createClient({ url: relay.url, store: fileStore(dir), backoff, onConflict });
   t.after(() => a.close());
   const seenA = watch(a);
-  await until(() => seenA.info?.synced, 30000, "initial sync");
+  await until(() => seenA.info?.synced, WAIT, "initial sync");
 
   // Queued offline, then the relay dies; the client comes online while it is down.
   a.setOnline(false);
@@ -127,7 +135,7 @@ test("kill -9 of the relay and a client crash with writes queued: every write ap
 
   relay.spawn();
   await relay.waitReady();
-  await until(converged(seenA, db), 30000, "the queue flushed after the restart");
+  await until(converged(seenA, db), WAIT, explain("the queue flushed after the restart", seenA, db));
   assert.equal(applied(db), 25);
   // The version moves on every applied update: 2 means applied exactly once.
   assert.deepEqual(pg.rows(db, "todos").filter((r) => r.id <= 15).map((r) => [r.title, r.version]),
@@ -141,7 +149,7 @@ test("kill -9 of the relay and a client crash with writes queued: every write ap
   const b = createClient({ url: relay.url, store: fileStore(dir), backoff, onConflict });
   t.after(() => b.close());
   const seenB = watch(b);
-  await until(converged(seenB, db), 30000, "the reloaded client's queue flushed");
+  await until(converged(seenB, db), WAIT, explain("the reloaded client's queue flushed", seenB, db));
   assert.equal(applied(db), 30);
 
   // A crash after the relay applied a batch but before its answer was stored: the next client
@@ -163,7 +171,7 @@ test("kill -9 of the relay and a client crash with writes queued: every write ap
   const todosC = c.collection("public.todos");
   for (let i = 21; i <= 25; i++) await todosC.update({ id: i }, { title: `answer lost ${i}` });
   c.setOnline(true);
-  await until(() => lost === 1 && applied(db) === 35, 30000, "the batch applied, its answer lost");
+  await until(() => lost === 1 && applied(db) === 35, WAIT, "the batch applied, its answer lost");
   assert.equal(c.queue.entries.filter((e) => !e.ack).length, 5, "the client never learned of it");
   // The crashed client is gone before the next one opens the store (two live clients on one
   // store would overwrite each other's saved state).
@@ -171,7 +179,7 @@ test("kill -9 of the relay and a client crash with writes queued: every write ap
   const d = createClient({ url: relay.url, store: fileStore(dir), backoff, onConflict });
   t.after(() => d.close());
   const seenD = watch(d);
-  await until(converged(seenD, db), 30000, "the replayed writes acknowledged");
+  await until(converged(seenD, db), WAIT, explain("the replayed writes acknowledged", seenD, db));
   assert.equal(applied(db), 35, "no write applied twice");
   assert.deepEqual(pg.rows(db, "todos").filter((r) => r.id > 20 && r.id <= 25).map((r) => r.version), [2, 2, 2, 2, 2]);
   assert.deepEqual(conflicts, []);
@@ -186,7 +194,7 @@ test("two clients edit one row under each conflict policy", opts, async (t) => {
   const seen = {};
   for (const [who, client] of Object.entries({ a, b }))
     for (const table of ["todos", "notes", "cw"]) seen[who + table] = watch(client, "public." + table);
-  await until(() => Object.values(seen).every((s) => s.info?.synced), 30000, "initial sync");
+  await until(() => Object.values(seen).every((s) => s.info?.synced), WAIT, "initial sync");
   const both = async (fn) => {
     a.setOnline(false);
     b.setOnline(false);
@@ -195,7 +203,7 @@ test("two clients edit one row under each conflict policy", opts, async (t) => {
   /** Brings `client` online and waits until its writes are answered. */
   const flush = async (client, who, table) => {
     client.setOnline(true);
-    await until(() => seen[who + table].info.pending === 0, 30000, `${who}'s writes to ${table} answered`);
+    await until(() => seen[who + table].info.pending === 0, WAIT, `${who}'s writes to ${table} answered`);
   };
 
   // reject with version_column: the second write's `if` no longer holds.
@@ -212,8 +220,8 @@ test("two clients edit one row under each conflict policy", opts, async (t) => {
   assert.equal(rejected.mutation.value.title, "b's title");
   assert.deepEqual(rejected.result.current, { id: 1, title: "a's title", done: false, version: 2, made: "by postgres" }, "current: the row that won, mapped as the stream maps it");
   assert.deepEqual(conflicts.a, []);
-  await until(converged(seen.btodos, db), 30000, "b back on the server's row");
-  await until(converged(seen.atodos, db), 30000, "a on the server's row");
+  await until(converged(seen.btodos, db), WAIT, explain("b back on the server's row", seen.btodos, db));
+  await until(converged(seen.atodos, db), WAIT, explain("a on the server's row", seen.atodos, db));
   assert.equal(pg.rows(db, "todos")[0].title, "a's title");
 
   // last_write_wins: the later `at` wins whichever arrives first.
@@ -242,8 +250,8 @@ test("two clients edit one row under each conflict policy", opts, async (t) => {
   assert.deepEqual(notes.map((r) => r.body), ["b, later", "b, later"]);
   const bAt = b.queue.entries.filter((e) => e.m.collection === "public.notes").map((e) => new Date(e.m.at).getTime());
   assert.deepEqual(notes.map((r) => new Date(r.updated_at).getTime()), bAt, "updated_at is the winner's at");
-  await until(converged(seen.anotes, db, "notes"), 30000, "a converged on notes");
-  await until(converged(seen.bnotes, db, "notes"), 30000, "b converged on notes");
+  await until(converged(seen.anotes, db, "notes"), WAIT, explain("a converged on notes", seen.anotes, db, "notes"));
+  await until(converged(seen.bnotes, db, "notes"), WAIT, explain("b converged on notes", seen.bnotes, db, "notes"));
 
   // client_wins: both apply; the last applied stays.
   await both(async () => {
@@ -256,7 +264,7 @@ test("two clients edit one row under each conflict policy", opts, async (t) => {
   assert.equal(pg.rows(db, "cw")[0].title, "a's", "the last applied wins");
   assert.equal(conflicts.a.length, 1, "no conflict under client_wins");
   assert.equal(conflicts.b.length, 1);
-  await until(converged(seen.acw, db, "cw"), 30000, "a converged on cw");
-  await until(converged(seen.bcw, db, "cw"), 30000, "b converged on cw");
+  await until(converged(seen.acw, db, "cw"), WAIT, explain("a converged on cw", seen.acw, db, "cw"));
+  await until(converged(seen.bcw, db, "cw"), WAIT, explain("b converged on cw", seen.bcw, db, "cw"));
   assert.equal(applied(db), 1 + 1 + 2 + 2);
 });

@@ -157,3 +157,22 @@ test("key columns come from /v1/collections when no record told them yet; offlin
   await keyed.insert({ id: 1 });
   offline.close();
 });
+
+test("close waits until the queue's answers are stored: the next client on the store resends nothing", async () => {
+  const relay = new FakeRelay();
+  // A store whose writes land late, like a slow disk: the view shows a write acknowledged
+  // before the queue's saved copy says so.
+  const inner = memoryStore();
+  const store = { get: (k) => inner.get(k), set: (k, v) => new Promise((r) => setTimeout(r, 200)).then(() => inner.set(k, v)) };
+  const first = open(relay, { store });
+  await until(() => first.seen.info?.synced, 3000, "synced");
+  await first.todos.insert({ id: 9, title: "once" });
+  await until(() => posts(relay).some((b) => b.mutations.length), 3000, "sent");
+  await first.client.close();
+  const second = open(relay, { store });
+  await until(() => second.seen.info?.synced, 3000, "synced again");
+  await second.client.flush();
+  assert.equal(posts(relay).filter((b) => b.mutations.length).length, 1, "sent once, never resent");
+  assert.equal(second.client.queue.entries.filter((e) => !e.ack).length, 0, "the reloaded queue knows the answer");
+  await second.client.close();
+});
