@@ -22,8 +22,6 @@ use testkit::bench::*;
 use testkit::free_port;
 use testkit::pg::PgServer;
 use testkit::relay::postgres_config;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
 /// Clients whose every event is timed (the others only count theirs).
@@ -265,8 +263,8 @@ impl Clients {
     }
 }
 
-/// One SSE client over HTTP/1.0 (so the body is the raw event stream, not chunked): counts the
-/// change events it reads; when sampled, reports each one's key and arrival time.
+/// One SSE client: counts the change events it reads; when sampled, reports each one's key
+/// and arrival time.
 async fn follow(
     addr: SocketAddr,
     path: &str,
@@ -276,65 +274,16 @@ async fn follow(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     const CHANGE: &[u8] = b"event: change\n";
-    const READY: &[u8] = b"event: ready\n";
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .expect("connect to the relay");
-    let request =
-        format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send the request");
-    let mut permit = Some(permit);
-    let mut ready = Some(ready);
-    let mut head_checked = false;
-    let mut buf = vec![0u8; 8 * 1024];
-    let mut kept = 0;
-    loop {
-        let n = match stream.read(&mut buf[kept..]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let now = Instant::now();
-        let data = &buf[..kept + n];
-        if !head_checked {
-            head_checked = true;
-            assert!(
-                data.starts_with(b"HTTP/1.1 200") || data.starts_with(b"HTTP/1.0 200"),
-                "GET {path}: {}",
-                String::from_utf8_lossy(data)
-            );
-        }
-        if let Some(signal) = ready.take() {
-            if memmem::find(data, READY).is_none() {
-                ready = Some(signal);
-            } else {
-                permit.take();
-                let _ = signal.send(()).await;
-            }
-        }
-        // Whole lines only; the rest waits for the next read.
-        let complete = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let lines = &data[..complete];
+    read_sse(addr, path, ready, permit, |lines, now| {
         let changes = memmem::find_iter(lines, CHANGE).count() as u64;
         if changes > 0 {
             counter.fetch_add(changes, Ordering::Relaxed);
         }
         if let Some(sample) = &sample {
-            for line in lines.split(|&b| b == b'\n') {
-                if let Some(record) = line.strip_prefix(b"data: ") {
-                    let text = std::str::from_utf8(record).unwrap_or("");
-                    if let Some(id) = key_id(text) {
-                        let _ = sample.send((id, now));
-                    }
-                }
+            for id in data_lines(lines).filter_map(key_id) {
+                let _ = sample.send((id, now));
             }
         }
-        buf.copy_within(complete..kept + n, 0);
-        kept = kept + n - complete;
-        if kept == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-    }
+    })
+    .await
 }

@@ -11,7 +11,6 @@
 //! `DELTARELAY_BENCH_PERF=<dir>` records the relay in each phase with `perf record`. It prints
 //! its figures and never fails on timing.
 
-use memchr::memmem;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +18,6 @@ use testkit::bench::*;
 use testkit::free_port;
 use testkit::pg::PgServer;
 use testkit::relay::postgres_config;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 
 const CONNECTING: usize = 256;
@@ -183,38 +180,15 @@ async fn write_owned(
     rate: f64,
     duration: Duration,
 ) -> Vec<Acked> {
-    let insert = client
-        .prepare(
-            "INSERT INTO tasks (id, owner, title) \
-             SELECT g, g % $3, '/' || (g % $3) || '/' FROM generate_series($1::bigint, $2::bigint) g",
-        )
-        .await
-        .expect("prepare the insert");
-    let owners = owners as i64;
-    let mut acks = Vec::new();
-    let mut next = first_id;
-    let started = Instant::now();
-    let mut ticker = tokio::time::interval(TICK);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while started.elapsed() < duration {
-        ticker.tick().await;
-        let due = first_id + (started.elapsed().as_secs_f64() * rate) as i64;
-        if due <= next {
-            continue;
-        }
-        let last = due - 1;
-        client
-            .execute(&insert, &[&next, &last, &owners])
-            .await
-            .expect("insert tasks");
-        acks.push(Acked {
-            first: next,
-            last,
-            at: Instant::now(),
-        });
-        next = due;
-    }
-    acks
+    let insert = "INSERT INTO tasks (id, owner, title) \
+         SELECT g, g % $3, '/' || (g % $3) || '/' FROM generate_series($1::bigint, $2::bigint) g";
+    let pace = Pace {
+        first_id,
+        rate,
+        tick: TICK,
+        duration,
+    };
+    write_paced_with(client, insert, &[&(owners as i64)], pace).await
 }
 
 /// Connects `n` clients, client `i` with `filter(i)`, each from the log's head, and waits for
@@ -255,7 +229,7 @@ async fn connect(
     tasks
 }
 
-/// One SSE client over HTTP/1.0: reports each change event's key and arrival time.
+/// One SSE client: reports each change event's key and arrival time.
 async fn follow(
     addr: SocketAddr,
     path: &str,
@@ -263,58 +237,12 @@ async fn follow(
     ready: mpsc::Sender<()>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    const READY: &[u8] = b"event: ready\n";
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .expect("connect to the relay");
-    let request =
-        format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send the request");
-    let mut permit = Some(permit);
-    let mut ready = Some(ready);
-    let mut head_checked = false;
-    let mut buf = vec![0u8; 8 * 1024];
-    let mut kept = 0;
-    loop {
-        let n = match stream.read(&mut buf[kept..]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        let now = Instant::now();
-        let data = &buf[..kept + n];
-        if !head_checked {
-            head_checked = true;
-            assert!(
-                data.starts_with(b"HTTP/1.1 200") || data.starts_with(b"HTTP/1.0 200"),
-                "GET {path}: {}",
-                String::from_utf8_lossy(data)
-            );
+    read_sse(addr, path, ready, permit, |lines, now| {
+        for id in data_lines(lines).filter_map(key_id) {
+            let _ = arrivals.send((id, now));
         }
-        if let Some(signal) = ready.take() {
-            if memmem::find(data, READY).is_none() {
-                ready = Some(signal);
-            } else {
-                permit.take();
-                let _ = signal.send(()).await;
-            }
-        }
-        let complete = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        for line in data[..complete].split(|&b| b == b'\n') {
-            if let Some(record) = line.strip_prefix(b"data: ") {
-                if let Some(id) = key_id(std::str::from_utf8(record).unwrap_or("")) {
-                    let _ = arrivals.send((id, now));
-                }
-            }
-        }
-        buf.copy_within(complete..kept + n, 0);
-        kept = kept + n - complete;
-        if kept == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-    }
+    })
+    .await
 }
 
 /// Raises the soft open-file limit to the hard one (inherited by the relay); returns it.

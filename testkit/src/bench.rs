@@ -172,29 +172,54 @@ pub async fn write_paced(
     tick: Duration,
     duration: Duration,
 ) -> Vec<Acked> {
-    let insert = client
-        .prepare(
-            "INSERT INTO events (id, payload) \
-             SELECT g, 'payload of a benchmark event ' || g FROM generate_series($1::bigint, $2::bigint) g",
-        )
-        .await
-        .expect("prepare the insert");
+    let insert = "INSERT INTO events (id, payload) \
+         SELECT g, 'payload of a benchmark event ' || g FROM generate_series($1::bigint, $2::bigint) g";
+    let pace = Pace {
+        first_id,
+        rate,
+        tick,
+        duration,
+    };
+    write_paced_with(client, insert, &[], pace).await
+}
+
+/// How [`write_paced_with`] paces its commits.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub first_id: i64,
+    /// Rows per second.
+    pub rate: f64,
+    pub tick: Duration,
+    pub duration: Duration,
+}
+
+/// [`write_paced`] with another statement: `insert` takes the first and last id of the rows
+/// due as `$1` and `$2`, then `extra` as `$3`, ….
+pub async fn write_paced_with(
+    client: &tokio_postgres::Client,
+    insert: &str,
+    extra: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    pace: Pace,
+) -> Vec<Acked> {
+    let insert = client.prepare(insert).await.expect("prepare the insert");
     let mut acks = Vec::new();
-    let mut next = first_id;
+    let mut next = pace.first_id;
     let started = Instant::now();
-    let mut ticker = tokio::time::interval(tick);
+    let mut ticker = tokio::time::interval(pace.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while started.elapsed() < duration {
+    while started.elapsed() < pace.duration {
         ticker.tick().await;
-        let due = first_id + (started.elapsed().as_secs_f64() * rate) as i64;
+        let due = pace.first_id + (started.elapsed().as_secs_f64() * pace.rate) as i64;
         if due <= next {
             continue;
         }
         let last = due - 1;
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&next, &last];
+        params.extend_from_slice(extra);
         client
-            .execute(&insert, &[&next, &last])
+            .execute(&insert, &params)
             .await
-            .expect("insert events");
+            .expect("insert the rows due");
         acks.push(Acked {
             first: next,
             last,
@@ -203,6 +228,75 @@ pub async fn write_paced(
         next = due;
     }
     acks
+}
+
+/// One SSE client over HTTP/1.0 (so the body is the raw event stream, not chunked). Signals
+/// `ready` (and gives back its connection `permit`) once the `ready` event arrived, and hands
+/// each read's whole lines, with the time they arrived, to `on_lines`. Ends when the relay
+/// closes the stream.
+pub async fn read_sse(
+    addr: SocketAddr,
+    path: &str,
+    ready: tokio::sync::mpsc::Sender<()>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    mut on_lines: impl FnMut(&[u8], Instant),
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const READY: &[u8] = b"event: ready\n";
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the relay");
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the request");
+    let mut permit = Some(permit);
+    let mut ready = Some(ready);
+    let mut head_checked = false;
+    let mut buf = vec![0u8; 8 * 1024];
+    let mut kept = 0;
+    loop {
+        let n = match stream.read(&mut buf[kept..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let now = Instant::now();
+        let data = &buf[..kept + n];
+        if !head_checked {
+            head_checked = true;
+            assert!(
+                data.starts_with(b"HTTP/1.1 200") || data.starts_with(b"HTTP/1.0 200"),
+                "GET {path}: {}",
+                String::from_utf8_lossy(data)
+            );
+        }
+        if let Some(signal) = ready.take() {
+            if memchr::memmem::find(data, READY).is_none() {
+                ready = Some(signal);
+            } else {
+                permit.take();
+                let _ = signal.send(()).await;
+            }
+        }
+        // Whole lines only; the rest waits for the next read.
+        let complete = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        on_lines(&data[..complete], now);
+        buf.copy_within(complete..kept + n, 0);
+        kept = kept + n - complete;
+        if kept == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+    }
+}
+
+/// Each `data:` line's record in `lines`, as text.
+pub fn data_lines(lines: &[u8]) -> impl Iterator<Item = &str> {
+    lines
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.strip_prefix(b"data: "))
+        .map(|record| std::str::from_utf8(record).unwrap_or(""))
 }
 
 /// A client for `url` (no TLS), its connection driven on the runtime.
