@@ -20,6 +20,7 @@ pub mod mongo_wire;
 pub mod pg;
 pub mod proxy;
 pub mod relay;
+pub mod writes;
 
 /// Whether a test may go ahead: true when `available`. Otherwise the test is skipped —
 /// `skipped: <why>` on stderr and false — unless `CI=true`, where a missing prerequisite

@@ -6,32 +6,14 @@
 //! killed between the upstream commit and the response.
 
 use bson::{doc, oid::ObjectId, Bson, Document};
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use testkit::free_port;
-use testkit::http::{get, post, seq_of, Response};
+use testkit::http::{get, post, seq_of};
 use testkit::mongo_wire::MongoWire;
-use testkit::relay::{
-    http_status, mongo_source_toml, start_ready_relay_with, wait_until, RelayProcess,
-};
-
-const SECRET: &str = "writes-test-secret-0123456789abcdef";
-
-fn token(sub: &str, role: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": sub, "exp": exp, "role": role}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
+use testkit::relay::{mongo_source_toml, start_ready_relay_with, RelayProcess};
+use testkit::writes::{post_with_the_answer_lost, status, statuses, MutationClient, SECRET};
 
 fn config(uri: &str, dir: &std::path::Path, port: u16) -> String {
     format!(
@@ -68,61 +50,6 @@ conflict = "client_wins"
     )
 }
 
-struct Client {
-    addr: SocketAddr,
-    token: String,
-}
-
-impl Client {
-    async fn send(&self, body: &Value) -> Response {
-        let auth = format!("Bearer {}", self.token);
-        post(
-            self.addr,
-            "/v1/mutations",
-            &[("Authorization", &auth)],
-            &body.to_string(),
-        )
-        .await
-        .expect("a response")
-    }
-
-    /// One mutation alone; its result (after checking that it is visible).
-    async fn one(&self, mutation: Value) -> Value {
-        let response = self.send(&json!({"mutations": [mutation]})).await;
-        assert_eq!(response.status, 200, "{}", response.body);
-        let body = response.json();
-        assert_eq!(body["visible"], true, "{body}");
-        body["results"][0].clone()
-    }
-
-    async fn changes(&self, query: &str) -> Value {
-        let auth = format!("Bearer {}", self.token);
-        let response = get(
-            self.addr,
-            &format!("/v1/changes?{query}"),
-            &[("Authorization", &auth)],
-        )
-        .await;
-        assert_eq!(response.status, 200, "{}", response.body);
-        response.json()
-    }
-}
-
-fn status(result: &Value) -> &str {
-    result["status"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{result}"))
-}
-
-fn statuses(body: &Value) -> Vec<String> {
-    body["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| status(r).to_string())
-        .collect()
-}
-
 fn doc_with_id(wire: &MongoWire, ns: &str, id: impl Into<Bson>) -> Option<Document> {
     let id = id.into();
     wire.documents(ns)
@@ -134,8 +61,8 @@ struct Setup {
     wire: MongoWire,
     _dir: tempfile::TempDir,
     _relay: RelayProcess,
-    alice: Client,
-    bob: Client,
+    alice: MutationClient,
+    bob: MutationClient,
 }
 
 fn setup() -> Setup {
@@ -148,14 +75,8 @@ fn setup() -> Setup {
         wire,
         _dir: dir,
         _relay: relay,
-        alice: Client {
-            addr,
-            token: token("alice", "user"),
-        },
-        bob: Client {
-            addr,
-            token: token("bob", "user"),
-        },
+        alice: MutationClient::new(addr, "alice", "user"),
+        bob: MutationClient::new(addr, "bob", "user"),
     }
 }
 
@@ -583,26 +504,11 @@ async fn a_relay_killed_after_the_upstream_commit_answers_the_retry_with_duplica
         {"id": "k2", "collection": "app.items", "op": "insert", "value": {"body": "twice"}}]})
     .to_string();
 
-    let mut relay = RelayProcess::start_with_env(
-        dir.path(),
-        &config,
-        &[("DELTARELAY_TEST_KILL_AFTER_UPSTREAM_COMMIT", "1")],
-    );
-    wait_until(Duration::from_secs(60), "the relay to be ready", || {
-        relay.assert_running();
-        http_status(addr, "/readyz") == Some(200)
-    });
-    let lost = post(addr, "/v1/mutations", &[], &batch).await;
-    assert!(lost.is_none(), "the relay answered: {lost:?}");
-    assert_eq!(relay.wait_exit(Duration::from_secs(10)), None);
-    assert!(relay
-        .output()
-        .contains("test fault: DELTARELAY_TEST_KILL_AFTER_UPSTREAM_COMMIT"));
+    post_with_the_answer_lost(dir.path(), &config, addr, &batch).await;
     assert_eq!(
         wire.documents("app.items"),
         vec![doc! {"_id": 1, "body": "once"}]
     );
-    drop(relay);
 
     // The client replays its whole queue against the restarted relay.
     let (_relay, addr) = start_ready_relay_with(dir.path(), &config, port);

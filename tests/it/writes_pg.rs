@@ -3,30 +3,12 @@
 //! with two users, row-level security through `db_role`, the type round trip, bad input,
 //! a relay killed between the upstream commit and the response, and 50 concurrent clients.
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 use testkit::free_port;
-use testkit::http::{get, post, seq_of, Response};
+use testkit::http::{post, seq_of};
 use testkit::pg::{PgServer, StopMode};
 use testkit::relay::start_ready_relay_with;
-
-const SECRET: &str = "writes-test-secret-0123456789abcdef";
-
-fn token(sub: &str, role: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": sub, "exp": exp, "role": role}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
+use testkit::writes::{status, MutationClient, SECRET};
 
 const SCHEMA: &str = r#"
 CREATE ROLE app_user NOLOGIN;
@@ -110,56 +92,6 @@ conflict = "client_wins"
     )
 }
 
-struct Client {
-    addr: SocketAddr,
-    token: String,
-}
-
-impl Client {
-    async fn send(&self, body: &Value) -> Response {
-        self.raw(&body.to_string()).await
-    }
-
-    async fn raw(&self, body: &str) -> Response {
-        let auth = format!("Bearer {}", self.token);
-        post(
-            self.addr,
-            "/v1/mutations",
-            &[("Authorization", &auth)],
-            body,
-        )
-        .await
-        .expect("a response")
-    }
-
-    /// One mutation alone; its result.
-    async fn one(&self, mutation: Value) -> Value {
-        let response = self.send(&json!({"mutations": [mutation]})).await;
-        assert_eq!(response.status, 200, "{}", response.body);
-        let body = response.json();
-        assert_eq!(body["visible"], true, "{body}");
-        body["results"][0].clone()
-    }
-
-    async fn changes(&self, query: &str) -> Value {
-        let auth = format!("Bearer {}", self.token);
-        let response = get(
-            self.addr,
-            &format!("/v1/changes?{query}"),
-            &[("Authorization", &auth)],
-        )
-        .await;
-        assert_eq!(response.status, 200, "{}", response.body);
-        response.json()
-    }
-}
-
-fn status(result: &Value) -> &str {
-    result["status"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{result}"))
-}
-
 fn setup() -> Option<(PgServer, tempfile::TempDir)> {
     if !testkit::require(
         testkit::runs("initdb", &["--version"]),
@@ -178,18 +110,9 @@ async fn statuses_policies_scopes_rls_and_bad_input() {
     let port = free_port();
     let (mut relay, addr) =
         start_ready_relay_with(dir.path(), &config(&pg.url("app"), dir.path(), port), port);
-    let alice = Client {
-        addr,
-        token: token("alice", "user"),
-    };
-    let bob = Client {
-        addr,
-        token: token("bob", "user"),
-    };
-    let guest = Client {
-        addr,
-        token: token("carol", "guest"),
-    };
+    let alice = MutationClient::new(addr, "alice", "user");
+    let bob = MutationClient::new(addr, "bob", "user");
+    let guest = MutationClient::new(addr, "carol", "guest");
 
     // Applied, scoped to the caller, and in the log at the returned cursor (read-your-writes).
     let before = alice.changes("since=0").await["cursor"].clone();
@@ -582,10 +505,7 @@ async fn statuses_policies_scopes_rls_and_bad_input() {
     // 401 without a token; 429 past the rate limit.
     let anonymous = post(addr, "/v1/mutations", &[], &one(json!({"id": "a", "collection": "public.todos", "op": "insert", "value": {"title": "a"}}))).await.unwrap();
     assert_eq!(anonymous.status, 401);
-    let spammer = Client {
-        addr,
-        token: token("spammer", "user"),
-    };
+    let spammer = MutationClient::new(addr, "spammer", "user");
     let mut limited = false;
     for _ in 0..300 {
         let response = spammer.raw("{}").await;

@@ -3,18 +3,14 @@
 //! refusing writes unless allowed, and 50 concurrent clients updating the same rows under
 //! `reject` + `version_column` (no lost update).
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use testkit::free_port;
 use testkit::http::{get, post};
 use testkit::pg::PgServer;
-use testkit::relay::{
-    http_status, postgres_config, start_ready_relay_with, wait_until, RelayProcess,
-};
-
-const SECRET: &str = "writes-test-secret-0123456789abcdef";
+use testkit::relay::{postgres_config, start_ready_relay_with, wait_until};
+use testkit::writes::{post_with_the_answer_lost, statuses, token, SECRET};
 
 fn pg() -> Option<PgServer> {
     testkit::require(
@@ -22,15 +18,6 @@ fn pg() -> Option<PgServer> {
         "initdb (PostgreSQL) is not installed",
     )
     .then(PgServer::start)
-}
-
-fn statuses(body: &Value) -> Vec<String> {
-    body["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,27 +51,11 @@ async fn a_relay_killed_after_the_upstream_commit_answers_the_retry_with_duplica
     let allowed = base.replace("[log]", "[writes]\nallow_unauthenticated = true\n\n[log]");
 
     // The relay dies right after the first mutation's commit: the client hears nothing.
-    let mut relay = RelayProcess::start_with_env(
-        dir.path(),
-        &allowed,
-        &[("DELTARELAY_TEST_KILL_AFTER_UPSTREAM_COMMIT", "1")],
-    );
-    wait_until(Duration::from_secs(60), "the relay to be ready", || {
-        relay.assert_running();
-        http_status(addr, "/readyz") == Some(200)
-    });
-    let lost = post(addr, "/v1/mutations", &[], &batch).await;
-    assert!(lost.is_none(), "the relay answered: {lost:?}");
-    // Killed by the fault (SIGABRT, no exit code), after the upstream commit.
-    assert_eq!(relay.wait_exit(Duration::from_secs(10)), None);
-    assert!(relay
-        .output()
-        .contains("test fault: DELTARELAY_TEST_KILL_AFTER_UPSTREAM_COMMIT"));
+    post_with_the_answer_lost(dir.path(), &allowed, addr, &batch).await;
     assert_eq!(
         pg.psql("app", "SELECT string_agg(body, ',') FROM items"),
         "once"
     );
-    drop(relay);
 
     // The client replays its whole queue against the restarted relay.
     let (_relay, addr) = start_ready_relay_with(dir.path(), &allowed, port);
@@ -118,20 +89,6 @@ async fn a_relay_killed_after_the_upstream_commit_answers_the_retry_with_duplica
     assert_eq!(bodies, [&json!("once"), &json!("twice")], "{changes}");
 }
 
-fn token(sub: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": sub, "exp": exp, "role": "user"}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 const CLIENTS: usize = 50;
 const ROWS: i64 = 5;
 const INCREMENTS: i64 = 2;
@@ -154,7 +111,7 @@ async fn fifty_concurrent_clients_lose_no_update_under_reject_and_version_column
     let mut clients = tokio::task::JoinSet::new();
     for client in 0..CLIENTS {
         clients.spawn(async move {
-            let auth = format!("Bearer {}", token(&format!("client{client}")));
+            let auth = format!("Bearer {}", token(&format!("client{client}"), "user"));
             let id = client as i64 % ROWS + 1;
             let (mut n, mut version) = (0i64, 1i64);
             let (mut applied, mut attempt) = (0, 0);
