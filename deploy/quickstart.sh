@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Quick start: builds deltarelay, starts a throwaway Postgres (wal_level=logical) in a temp
-# directory with a demo table and a gentle writer, and runs the relay against it in the
-# foreground with its console page at http://127.0.0.1:8080/. Ctrl-C stops everything and
-# removes the temp directory.
+# directory with a demo table (deploy/quickstart.sql) and a gentle writer, and runs the relay
+# against it in the foreground with its console page at http://127.0.0.1:8080/: the live
+# change feed beside a todo app on the TypeScript client library (writes are enabled,
+# unauthenticated, on loopback only). Ctrl-C stops everything and removes the temp directory.
 #
 #   ./deploy/quickstart.sh                 # HTTP on 127.0.0.1:8080
 #   PORT=9000 PG_PORT=54330 ./deploy/quickstart.sh
@@ -95,15 +96,7 @@ as_pg "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg/server.log" -w start >/dev/nul
 
 psql_app() { psql -X -q -h 127.0.0.1 -p "$pg_port" -U postgres -d app -v ON_ERROR_STOP=1 "$@"; }
 psql -X -q -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -c "CREATE DATABASE app"
-psql_app <<'SQL'
-CREATE TABLE todos (
-    id         serial PRIMARY KEY,
-    title      text NOT NULL,
-    done       boolean NOT NULL DEFAULT false,
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-INSERT INTO todos (title) VALUES ('Try deltarelay'), ('Write the client');
-SQL
+psql_app -f deploy/quickstart.sql
 
 mkdir -p "$work/log"
 cat >"$work/deltarelay.toml" <<CONF
@@ -117,22 +110,30 @@ dir = "$work/log"
 [auth]
 mode = "none"
 
+# The console's todo app writes through POST /v1/mutations: without auth this must be
+# allowed explicitly (the relay refuses it on a non-loopback listen address).
+[writes]
+allow_unauthenticated = true
+
 [[sources]]
 name = "demo"
 kind = "postgres"
 url = "postgres://postgres@127.0.0.1:$pg_port/app"
 tables = ["public.todos"]
+
+[collections."public.todos".write]
+columns = ["title", "done", "created_at"]
 CONF
 
-# A gentle writer: a change every two seconds.
+# A gentle writer: a change every two seconds (it touches only its own rows).
 (
   n=0
   while sleep 2; do
     n=$((n + 1))
     case $((n % 3)) in
-      0) psql_app -c "UPDATE todos SET done = NOT done, updated_at = now() WHERE id = (SELECT id FROM todos ORDER BY random() LIMIT 1)" ;;
-      1) psql_app -c "INSERT INTO todos (title) VALUES ('todo #$n')" ;;
-      2) psql_app -c "DELETE FROM todos WHERE id = (SELECT min(id) FROM todos) AND (SELECT count(*) FROM todos) > 5" ;;
+      0) psql_app -c "UPDATE todos SET done = NOT done WHERE id = (SELECT id FROM todos WHERE title LIKE 'todo #%' ORDER BY random() LIMIT 1)" ;;
+      1) psql_app -c "INSERT INTO todos (title) VALUES ('todo #$n (from the demo writer)')" ;;
+      2) psql_app -c "DELETE FROM todos WHERE id = (SELECT id FROM todos WHERE title LIKE 'todo #%' ORDER BY created_at LIMIT 1) AND (SELECT count(*) FROM todos WHERE title LIKE 'todo #%') > 3" ;;
     esac >/dev/null 2>&1 || true
   done
 ) &
@@ -162,6 +163,8 @@ cat <<TXT
 
       http://127.0.0.1:$http_port/
 
+    It shows a small todo app on the TypeScript client library (add, tick, delete; an
+    "offline" switch queues writes, the badge counts them) beside the live change feed.
     A writer changes public.todos every two seconds. In another terminal, try:
       curl -s 'http://127.0.0.1:$http_port/v1/changes?since=0'
       curl -N  'http://127.0.0.1:$http_port/v1/stream'

@@ -1,7 +1,7 @@
 //! The TypeScript client library (`clients/typescript`) as part of the one test suite: its
 //! locked dev tools (`npm ci`), a type check, the build and unit tests (with the core's 10 KB
 //! min+gzip limit), then its integration tests in Node against this build's relay binary and a
-//! private Postgres (and headless Chromium). Needs Node.js ≥ 18 and npm (`.ci/run` installs
+//! private Postgres (and headless Chromium). Needs Node.js ≥ 20 and npm (`.ci/run` installs
 //! them); without them the test is skipped, and fails under `CI=true`.
 
 use std::path::Path;

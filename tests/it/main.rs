@@ -10,6 +10,7 @@ mod browser_eventsource;
 mod chaos;
 mod client_typescript;
 mod console_browser;
+mod console_todos;
 mod disk_full;
 mod freshness;
 mod hostile_clients;

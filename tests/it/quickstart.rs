@@ -1,7 +1,8 @@
 //! README's first command, as a user runs it: `./deploy/quickstart.sh` brings up Postgres, the
 //! demo writer and the relay with its console, prints the page to open, and Ctrl-C (SIGINT to
 //! the terminal's process group) removes everything. With Chromium present, the printed page
-//! is opened and a row inserted after it went live must appear on it.
+//! is opened: its todo app must be there with writes on, and a row inserted after the page
+//! went live must appear in the feed.
 //!
 //! The test passes the already built binary (`DELTARELAY_BIN`) so the script skips its own
 //! `cargo build --release`.
@@ -145,6 +146,21 @@ fn quickstart_brings_up_the_live_console_and_ctrl_c_cleans_up() {
             "the stream to go live",
             "document.getElementById('state').textContent",
             |v| v == "live",
+        );
+        // The todo app is there and may write (the script enables `[writes]`); its writes are
+        // tested end to end in console_todos.rs.
+        page.eval_until(
+            "the todo app, writable",
+            "document.getElementById('writes').textContent",
+            |v| {
+                v.as_str()
+                    .is_some_and(|t| t.starts_with("Add, tick and delete"))
+            },
+        );
+        page.eval_until(
+            "the demo rows in the todo app",
+            "document.getElementById('todos').innerText",
+            |v| v.as_str().is_some_and(|t| t.contains("Try deltarelay")),
         );
         // The demo writer keeps changing public.todos; this row is ours.
         psql(
