@@ -3,7 +3,9 @@
 //! start's table (deploy/quickstart.sql) and writes on, a private Postgres, headless Chromium
 //! driven through the DevTools protocol. Adding, ticking and deleting a todo reach Postgres;
 //! with the "offline" switch on, a new todo is shown and counted pending but is not in
-//! Postgres until the switch is off again; a change made with psql shows in the app. Without
+//! Postgres until the switch is off again; a change made with psql shows in the app; a write
+//! made with the network cut (DevTools protocol) or queued before a reload (IndexedDB) reaches
+//! Postgres once. Without
 //! `[writes]` the app says it is read-only and offers no writes.
 //!
 //! `DELTARELAY_UPDATE_SCREENSHOT=1` also writes the screenshot to docs/console.png.
@@ -23,6 +25,12 @@ const WRITES: &str = "\n[writes]\nallow_unauthenticated = true\n\n\
                       columns = [\"title\", \"done\", \"created_at\"]\n";
 const TODOS: &str = "[...document.querySelectorAll('#todos li .title')].map(e => e.textContent)";
 const PENDING: &str = "document.getElementById('pending').textContent";
+/// The titles of the unacknowledged writes in the app's IndexedDB queue, as the previous
+/// evaluation read them (each evaluation starts a new read; poll it).
+const QUEUED_IN_INDEXEDDB: &str = "(() => { const open = indexedDB.open('deltarelay-console'); \
+    open.onsuccess = () => { const get = open.result.transaction('kv').objectStore('kv').get('queue'); \
+    get.onsuccess = () => { window.queuedTitles = (get.result ?? []).filter(e => !e.ack) \
+    .map(e => e.m.value?.title); open.result.close(); }; }; return window.queuedTitles ?? null; })()";
 
 /// The relay (console on, `extra` appended to its config) on a fresh Postgres with the demo
 /// table, and Chromium showing the console once the todo app has loaded.
@@ -131,6 +139,11 @@ impl Demo {
     }
 }
 
+/// `Network.emulateNetworkConditions` parameters: the page's network cut or restored.
+fn network(offline: bool) -> Value {
+    json!({"offline": offline, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+}
+
 fn has(v: &Value, title: &str) -> bool {
     v.as_array()
         .is_some_and(|items| items.iter().any(|i| i == title))
@@ -215,11 +228,71 @@ fn the_console_todo_app_writes_through_the_library_and_queues_while_offline() {
         .eval_until("the psql tick in the app", ticked, |v| {
             has(v, "Renamed with psql")
         });
+
+    // The network cut through the DevTools protocol (the app's switch still says online):
+    // the write is queued and retried, and arrives once the network is back.
+    demo.page.call("Network.enable", json!({}));
+    demo.page
+        .call("Network.emulateNetworkConditions", network(true));
+    demo.add("Written with the network down");
+    demo.page
+        .eval_until("the pending badge, network down", PENDING, |v| {
+            v == "1 pending"
+        });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(demo.done_in_pg("Written with the network down"), "");
+    demo.page
+        .call("Network.emulateNetworkConditions", network(false));
+    demo.until_pg(
+        "the write queued while the network was down",
+        "Written with the network down",
+        "false",
+    );
+    demo.page
+        .eval_until("the badge back to 0 after the network", PENDING, |v| {
+            v == "0 pending"
+        });
+
+    // Queued offline, then the page reloads: the write waits in IndexedDB and the reloaded
+    // app (online again) sends it, once.
+    demo.page.eval("document.getElementById('offline').click()");
+    demo.add("Queued across a reload");
+    demo.page
+        .eval_until("the pending badge before the reload", PENDING, |v| {
+            v == "1 pending"
+        });
+    // The badge counts the write as soon as it is queued; reload only once IndexedDB has it.
+    demo.page
+        .eval_until("the queued write in IndexedDB", QUEUED_IN_INDEXEDDB, |v| {
+            has(v, "Queued across a reload")
+        });
+    demo.page.call("Page.reload", json!({}));
+    demo.until_pg(
+        "the write queued before the reload",
+        "Queued across a reload",
+        "false",
+    );
+    demo.page
+        .eval_until("the reloaded app with the queued todo", TODOS, |v| {
+            has(v, "Queued across a reload") && has(v, "Written with the network down")
+        });
+    demo.page
+        .eval_until("the badge at 0 after the reload", PENDING, |v| {
+            v == "0 pending"
+        });
     assert_eq!(
         demo.pg
             .psql("app", "SELECT count(*) FROM deltarelay.mutations"),
-        "4",
-        "insert, tick, delete and the offline insert: each applied once"
+        "6",
+        "insert, tick, delete and the three queued inserts: each applied once"
+    );
+    assert_eq!(
+        demo.pg.psql(
+            "app",
+            "SELECT count(*) FROM todos WHERE title IN ('Written offline', \
+             'Written with the network down', 'Queued across a reload')"
+        ),
+        "3"
     );
 
     let shot = demo
