@@ -461,10 +461,11 @@ async fn collections_added_to_the_config_are_copied_and_removed_ones_dropped() {
     users.delete_one(doc! {"_id": 0}).await.unwrap();
     let records = s.wait_for_state("users");
     assert!(of(&records, "app.events").is_empty(), "events left the log");
-    assert!(s
-        .relay
-        .output()
-        .contains("the configured collections changed"));
+    let output = s.relay.output();
+    assert!(
+        output.contains("the configured collections changed"),
+        "{output}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -671,4 +672,35 @@ fn a_malformed_url_stops_the_relay_with_the_reason() {
         "{}",
         relay.output()
     );
+}
+
+/// What arrived is logged while the stream waits for more: with the `getMore` after an event
+/// held (as a server with nothing new holds it for `maxAwaitTimeMS`), the event is in the log
+/// and a write through the relay would be visible, without waiting for that `getMore`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_logged_while_the_next_get_more_waits() {
+    let mut s = Setup::start(&["events"], "").await;
+    s.events().insert_one(doc! {"_id": 1}).await.unwrap();
+    s.wait_for("the first insert", |r| r.op == Op::Insert);
+    s.server()
+        .hold_change_streams(testkit::mongo_wire::Hold::AfterEvents);
+    s.events()
+        .insert_one(doc! {"_id": 2, "note": "held after"})
+        .await
+        .unwrap();
+    let server = s.server();
+    block_in_place(|| {
+        wait_until(Duration::from_secs(30), "the next getMore held", || {
+            server.held_getmores() > 0
+        })
+    });
+    s.wait_for("the event, with its getMore still held", |r| {
+        r.key == Some(row(json!({"_id": 2})))
+    });
+    assert!(s.server().held_getmores() > 0, "the getMore was released");
+    s.server()
+        .hold_change_streams(testkit::mongo_wire::Hold::Never);
+    s.events().insert_one(doc! {"_id": 3}).await.unwrap();
+    let records = s.wait_for_state("events");
+    assert_exactly_once_in_order(&records, &s.ns("events"), 3);
 }

@@ -26,6 +26,10 @@ use tokio::sync::{watch, OnceCell};
 const GROUP_MAX_CHANGES: usize = 5_000;
 /// How long an idle `getMore` waits on the server before answering with an empty batch.
 const AWAIT_TIME: Duration = Duration::from_secs(1);
+/// Events that arrived are committed once the next `getMore` has waited this long for more
+/// (an idle one waits AWAIT_TIME on the server): a change is logged, and a write made through
+/// the relay visible, within this of its arrival instead of when the wait ends.
+const GROUP_WAIT: Duration = Duration::from_millis(10);
 /// An idle stream's fresh `postBatchResumeToken` is stored at most this often.
 const IDLE_TOKEN_INTERVAL: Duration = Duration::from_secs(5);
 pub struct MongoSource {
@@ -250,7 +254,11 @@ impl MongoSource {
         let mut whole_token = stream.resume_token();
         // Freshness (`lag_ms`): behind from an event's arrival until a batch comes back empty.
         let mut fresh = Freshness::new(&self.status);
-        loop {
+        // The stored token is an event's (committed without waiting for an empty batch): a
+        // stream resumed from it fails (280) once that event's collection leaves the config,
+        // so the next empty batch's high-water mark is stored as soon as it comes.
+        let mut high_water_due = false;
+        'events: loop {
             let stopping = match shutdown.has_changed() {
                 Err(_) => true, // the relay dropped its side without a word: stop as if told to
                 Ok(_) => *shutdown.borrow(),
@@ -260,12 +268,42 @@ impl MongoSource {
                     true => whole_token,
                     false => stream.resume_token(),
                 };
+                high_water_due |= !pending.is_empty();
                 self.flush(&mut pending, token, &mut saved).await?;
+                if high_water_due && !reassembly.in_progress() {
+                    // One more batch, empty on a quiet server: its high-water mark. An event
+                    // instead is left for the next start, resumed before it.
+                    let last = tokio::time::timeout(2 * AWAIT_TIME, stream.next_if_any()).await;
+                    if let Ok(Ok(None)) = last {
+                        self.flush(&mut pending, stream.resume_token(), &mut saved)
+                            .await?;
+                    }
+                }
                 return Ok(());
             }
-            let next = tokio::select! {
-                next = stream.next_if_any() => next,
-                _ = shutdown.changed() => continue,
+            // Never inside a split event or an upstream transaction: its rest may follow.
+            let mut early_flush =
+                !pending.is_empty() && pending.last_txn.is_none() && !reassembly.in_progress();
+            // Covers every event yielded so far (the batch's postBatchResumeToken once a
+            // `getMore` is needed).
+            let token = stream.resume_token();
+            let next = {
+                let next = stream.next_if_any();
+                tokio::pin!(next);
+                loop {
+                    tokio::select! {
+                        next = &mut next => break next,
+                        _ = shutdown.changed() => continue 'events,
+                        _ = tokio::time::sleep(GROUP_WAIT), if early_flush => {
+                            early_flush = false;
+                            high_water_due = true;
+                            self.flush(&mut pending, token.clone(), &mut saved).await?;
+                            saved_at = Instant::now();
+                            self.logged_through(token.as_ref());
+                            fresh.caught_up(&self.status);
+                        }
+                    }
+                }
             };
             match next {
                 Ok(Some(raw)) => {
@@ -336,18 +374,18 @@ impl MongoSource {
                 Ok(None) => {
                     whole_token = stream.resume_token();
                     // Caught up: commit what gathered, or keep an idle stream's token fresh.
-                    if !pending.is_empty() || saved_at.elapsed() >= IDLE_TOKEN_INTERVAL {
+                    if !pending.is_empty()
+                        || high_water_due
+                        || saved_at.elapsed() >= IDLE_TOKEN_INTERVAL
+                    {
                         self.flush(&mut pending, stream.resume_token(), &mut saved)
                             .await?;
                         saved_at = Instant::now();
+                        high_water_due = false;
                     }
                     fresh.caught_up(&self.status);
                     // Nothing is pending: every event before the batch's token is logged.
-                    if let Some(time) = stream.resume_token().and_then(|t| token_bson(&t).ok()) {
-                        if let Some(time) = token_time(&time) {
-                            self.logged.advance(time);
-                        }
-                    }
+                    self.logged_through(stream.resume_token().as_ref());
                     if !stream.is_alive() {
                         // The server closed the cursor without an invalidate: open it again.
                         return Err(MongoError::StreamClosed);
@@ -364,6 +402,16 @@ impl MongoSource {
                     return Err(self.upstream_error(e).await);
                 }
             }
+        }
+    }
+
+    /// Every event before `token` is in the log: tells the writer's read-your-writes.
+    fn logged_through(&self, token: Option<&ResumeToken>) {
+        if let Some(time) = token
+            .and_then(|t| token_bson(t).ok())
+            .and_then(|t| token_time(&t))
+        {
+            self.logged.advance(time);
         }
     }
 
