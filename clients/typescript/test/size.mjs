@@ -1,17 +1,8 @@
-import { build } from "esbuild";
 import { gzipSync } from "node:zlib";
-import { fileURLToPath } from "node:url";
+import { consoleBundle } from "../scripts/bundle.mjs";
 
-/** Bundles src/index.ts as an app would (minified ESM) and gzips it. */
+/** The core as an app ships it: src/index.ts bundled and minified (ESM), as the console's bundle, then gzipped. */
 export async function coreSize() {
-  const out = await build({
-    entryPoints: [fileURLToPath(new URL("../src/index.ts", import.meta.url))],
-    bundle: true,
-    minify: true,
-    format: "esm",
-    platform: "browser",
-    write: false,
-  });
-  const code = out.outputFiles[0].contents;
+  const code = Buffer.from(await consoleBundle());
   return { min: code.length, gzip: gzipSync(code, { level: 9 }).length };
 }
