@@ -1,8 +1,9 @@
 //! The daemon: opens the log, starts every source and the HTTP server, and stops them in order.
 
 use crate::auth::{Access, Verifier};
-use crate::config::{AuthMode, Config};
+use crate::config::{AuthMode, Config, LogBackendKind};
 use crate::http::{self, AppState};
+use crate::log::nats::cluster::NatsSettings;
 use crate::log::Log;
 use crate::source::SourceSpec;
 use crate::systemd;
@@ -18,15 +19,17 @@ const SOURCES_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     // Before the sources start, so that their first counters are recorded.
     crate::telemetry::install();
-    let log = Log::open_scoped(&config.log.dir, config.scope_columns())
-        .with_context(|| format!("opening the log in {}", config.log.dir.display()))?;
-    tracing::info!(dir = %config.log.dir.display(), epoch = log.epoch(), "log open");
+    let log = open_log(&config).await?;
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let retention = tokio::spawn(crate::log::retention::run(
-        log.clone(),
-        config.log.tombstone_retention,
-        shutdown.clone(),
-    ));
+    // Only a node that writes the log purges its tombstones (a serve-only node of the shared
+    // log reads the purges the ingest node publishes).
+    let retention = (!config.sources.is_empty()).then(|| {
+        tokio::spawn(crate::log::retention::run(
+            log.clone(),
+            config.log.tombstone_retention,
+            shutdown.clone(),
+        ))
+    });
 
     let mut sources = JoinSet::new();
     let mut statuses = Vec::new();
@@ -94,7 +97,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
                 tracing::warn!(source = %name, error = %e, "source ended with an error during shutdown");
             }
         }
-        let _ = retention.await;
+        if let Some(retention) = retention {
+            let _ = retention.await;
+        }
     };
     if !writer_died {
         drain.await;
@@ -108,6 +113,39 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The configured engine's log: the SQLite file under `log.dir`, or the shared NATS log.
+async fn open_log(config: &Config) -> anyhow::Result<Log> {
+    let scopes = config.scope_columns();
+    let nats = match (config.log.backend, &config.log.nats) {
+        (LogBackendKind::Nats, Some(nats)) => nats,
+        _ => {
+            let log = Log::open_scoped(&config.log.dir, scopes)
+                .with_context(|| format!("opening the log in {}", config.log.dir.display()))?;
+            tracing::info!(dir = %config.log.dir.display(), epoch = log.epoch(), "log open");
+            return Ok(log);
+        }
+    };
+    let settings = NatsSettings {
+        urls: nats.resolve_urls()?,
+        stream: nats.stream.clone(),
+        replicas: nats.replicas,
+    };
+    let dir = Some(config.log.dir.as_path()).filter(|dir| !dir.as_os_str().is_empty());
+    let writable = !config.sources.is_empty();
+    let log = Log::open_nats(&settings, dir, scopes, writable)
+        .await
+        .with_context(|| format!("opening the NATS log stream {}", settings.stream))?;
+    tracing::info!(
+        stream = %settings.stream,
+        urls = ?settings.urls,
+        epoch = log.epoch(),
+        head = *log.head().borrow(),
+        writable,
+        "shared log open (NATS JetStream)"
+    );
+    Ok(log)
 }
 
 /// The HTTP listener. Accepted connections inherit its send buffer size (`0` keeps the

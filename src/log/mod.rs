@@ -20,6 +20,7 @@ mod error;
 pub mod follow;
 mod interest;
 mod large;
+pub mod nats;
 mod pool;
 pub mod reader;
 pub mod retention;
@@ -80,34 +81,59 @@ impl Log {
 
     /// Opens the log with the configured row-scope columns (collection → column).
     pub fn open_scoped(dir: &Path, scopes: scope::ScopeColumns) -> Result<Log, LogError> {
-        let mut writer = LogWriter::open_scoped(dir, scopes)?;
-        let epoch = writer.epoch();
-        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
-        let (committed, _) = broadcast::channel(COMMITTED_BROADCAST);
-        let listeners = committed.clone();
-        writer.hold_records_while(move || listeners.receiver_count() > 0);
-        let shapes = Arc::new(interest::ShapeInterest::default());
-        writer.watch_shapes(shapes.clone());
-        let (head_tx, head) = watch::channel(writer.head_seq());
-        let outlets = actor::Outlets {
-            committed: committed.clone(),
-            head: head_tx,
-            checkpointer: checkpoint::Checkpointer::start(dir)?,
+        let writer = LogWriter::open_scoped(dir, scopes)?;
+        let started = Started::start(writer, dir)?;
+        let backend = Arc::new(SqliteBackend::new(
+            dir.to_path_buf(),
+            started.commands.clone(),
+        ));
+        let death = started.death.clone();
+        Ok(started.into_log(backend, death))
+    }
+
+    /// Opens the shared log in a NATS JetStream cluster (`log.backend = "nats"`): connects,
+    /// rebuilds this node's materialization from the stream and follows it. `writable` on an
+    /// ingest node. The materialization lives in `dir/nats` (rebuilt at every start) or, with no
+    /// `dir`, in a temporary directory.
+    pub async fn open_nats(
+        settings: &nats::cluster::NatsSettings,
+        dir: Option<&Path>,
+        scopes: scope::ScopeColumns,
+        writable: bool,
+    ) -> Result<Log, LogError> {
+        let js = nats::cluster::connect(settings).await?;
+        let stream = nats::cluster::log_stream(&js, settings).await?;
+        let bucket = nats::cluster::meta_bucket(&js, settings).await?;
+        let epoch = nats::cluster::epoch(&bucket).await?;
+        let (dir, scratch) = nats::materialization_dir(dir, settings)?;
+        let mut writer = LogWriter::open_scoped(&dir, scopes)?;
+        writer.adopt_epoch(epoch)?;
+        let started = Started::start(writer, &dir)?;
+        let node = rand::random::<u64>();
+        let waiters = Arc::default();
+        let (applied_tx, applied) = watch::channel(0);
+        let materializer = nats::Materializer {
+            stream: stream.clone(),
+            commands: started.commands.clone(),
+            node,
+            waiters: Arc::clone(&waiters),
+            applied: applied_tx,
         };
-        let death = actor::spawn(writer, receiver, outlets).map_err(|source| LogError::Dir {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
-        Ok(Log {
-            backend: Arc::new(SqliteBackend::new(dir.to_path_buf(), commands)),
-            epoch,
-            write_lock: Arc::new(Mutex::new(())),
-            committed,
-            head,
-            death,
-            shapes,
-            shape_index: Arc::default(),
+        let death = nats::watch_death(started.death.clone(), materializer);
+        let backend = nats::NatsBackend::new(nats::Parts {
+            js,
+            stream,
+            settings: settings.clone(),
+            local: SqliteBackend::new(dir.clone(), started.commands.clone()),
+            writable,
+            node,
+            waiters,
+            applied,
+            scratch,
         })
+        .await?;
+        backend.catch_up().await?;
+        Ok(started.into_log(Arc::new(backend), death))
     }
 
     pub fn epoch(&self) -> u32 {
@@ -252,6 +278,59 @@ impl Log {
 
     async fn send(&self, command: Command) -> Result<(), LogError> {
         self.backend.write(command).await
+    }
+}
+
+/// The writer thread and the channels around it, before an engine is put in front.
+struct Started {
+    epoch: u32,
+    commands: mpsc::Sender<Command>,
+    committed: broadcast::Sender<Arc<Committed>>,
+    head: watch::Receiver<u64>,
+    death: watch::Receiver<Option<String>>,
+    shapes: Arc<interest::ShapeInterest>,
+}
+
+impl Started {
+    fn start(mut writer: LogWriter, dir: &Path) -> Result<Started, LogError> {
+        let epoch = writer.epoch();
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+        let (committed, _) = broadcast::channel(COMMITTED_BROADCAST);
+        let listeners = committed.clone();
+        writer.hold_records_while(move || listeners.receiver_count() > 0);
+        let shapes = Arc::new(interest::ShapeInterest::default());
+        writer.watch_shapes(shapes.clone());
+        let (head_tx, head) = watch::channel(writer.head_seq());
+        let outlets = actor::Outlets {
+            committed: committed.clone(),
+            head: head_tx,
+            checkpointer: checkpoint::Checkpointer::start(dir)?,
+        };
+        let death = actor::spawn(writer, receiver, outlets).map_err(|source| LogError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Started {
+            epoch,
+            commands,
+            committed,
+            head,
+            death,
+            shapes,
+        })
+    }
+
+    fn into_log(self, backend: Arc<dyn LogBackend>, death: watch::Receiver<Option<String>>) -> Log {
+        Log {
+            backend,
+            epoch: self.epoch,
+            write_lock: Arc::new(Mutex::new(())),
+            committed: self.committed,
+            head: self.head,
+            death,
+            shapes: self.shapes,
+            shape_index: Arc::default(),
+        }
     }
 }
 
