@@ -24,10 +24,13 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     // Only a node that writes the log purges its tombstones (a serve-only node of the shared
     // log reads the purges the ingest node publishes).
     let retention = (!config.sources.is_empty()).then(|| {
-        tokio::spawn(crate::log::retention::run(
+        tokio::spawn(while_writing(
             log.clone(),
-            config.log.tombstone_retention,
-            shutdown.clone(),
+            crate::log::retention::run(
+                log.clone(),
+                config.log.tombstone_retention,
+                shutdown.clone(),
+            ),
         ))
     });
 
@@ -42,7 +45,8 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
         statuses.push(started.status);
         writers.extend(started.writer);
         let name = spec.name().to_string();
-        let run = started.run;
+        // A standby ingest node of the shared log starts its sources once it is active.
+        let run = while_writing(log.clone(), started.run);
         sources.spawn(async move { (name, run.await.map_err(|e| anyhow::anyhow!(e))) });
     }
 
@@ -70,6 +74,11 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     let mut writer_died = false;
     let failure = tokio::select! {
         _ = &mut stop => None,
+        lost = log.hold_ingest_lease() => {
+            // Sources stop promptly: the stream refuses a deposed writer's messages anyway.
+            writer_died = true;
+            Some(anyhow::anyhow!("{lost}; stopping so that the service manager restarts this node as a standby"))
+        }
         reason = log.writer_stopped() => {
             writer_died = true;
             Some(anyhow::anyhow!("{reason}; stopping so that the service manager restarts the relay (nothing unacknowledged is lost)"))
@@ -113,6 +122,14 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Runs `task` once this node writes the log (at once with the embedded engine; on an ingest
+/// node of the shared log, once it holds the ingest lease).
+async fn while_writing<T>(log: Log, task: impl Future<Output = T>) -> T {
+    let mut role = log.role();
+    let _ = role.wait_for(|role| role.writes()).await;
+    task.await
 }
 
 /// The configured engine's log: the SQLite file under `log.dir`, or the shared NATS log.

@@ -24,6 +24,7 @@ pub mod nats;
 mod pool;
 pub mod reader;
 pub mod retention;
+pub mod role;
 pub mod scope;
 mod shape_index;
 mod shaped;
@@ -38,6 +39,7 @@ pub use reader::{CollectionSummary, LogReader, Page, ReadEntry, ReadFrom, RowFil
 pub use writer::{Committed, Prior, StoredRecord, MAX_BROADCAST_BYTES, MAX_BROADCAST_RECORDS};
 
 pub use backend::LogStats;
+pub use role::Role;
 
 use crate::record::{Change, TxMeta};
 use crate::shape::ColumnInfo;
@@ -71,6 +73,9 @@ pub struct Log {
     shapes: Arc<interest::ShapeInterest>,
     /// The live fan-out of shaped followers.
     shape_index: Arc<shape_index::ShapeIndex>,
+    role: watch::Receiver<Role>,
+    /// This node's place in the shared log (`log.backend = "nats"`).
+    nats: Option<Arc<nats::node::NatsNode>>,
 }
 
 impl Log {
@@ -88,7 +93,8 @@ impl Log {
             started.commands.clone(),
         ));
         let death = started.death.clone();
-        Ok(started.into_log(backend, death))
+        let (_, role) = watch::channel(Role::Single);
+        Ok(started.into_log(backend, death, role, None))
     }
 
     /// Opens the shared log in a NATS JetStream cluster (`log.backend = "nats"`): connects,
@@ -102,6 +108,7 @@ impl Log {
         writable: bool,
     ) -> Result<Log, LogError> {
         let js = nats::cluster::connect(settings).await?;
+        let node_name = format!("{}-{:08x}", hostname(), rand::random::<u32>());
         let stream = nats::cluster::log_stream(&js, settings).await?;
         let bucket = nats::cluster::meta_bucket(&js, settings).await?;
         let epoch = nats::cluster::epoch(&bucket).await?;
@@ -113,6 +120,8 @@ impl Log {
         let waiters = Arc::default();
         let (applied_tx, applied) = watch::channel(0);
         let materializer = nats::Materializer {
+            client: js.client(),
+            subject: settings.subject(),
             stream: stream.clone(),
             commands: started.commands.clone(),
             node,
@@ -120,6 +129,7 @@ impl Log {
             applied: applied_tx,
         };
         let death = nats::watch_death(started.death.clone(), materializer);
+        let js_for_node = js.clone();
         let backend = nats::NatsBackend::new(nats::Parts {
             js,
             stream,
@@ -133,11 +143,43 @@ impl Log {
         })
         .await?;
         backend.catch_up().await?;
-        Ok(started.into_log(Arc::new(backend), death))
+        let backend = Arc::new(backend);
+        let (role_tx, role) = watch::channel(match writable {
+            true => Role::Standby,
+            false => Role::Serve,
+        });
+        let node = nats::node::NatsNode {
+            backend: backend.clone(),
+            js: js_for_node,
+            bucket,
+            settings: settings.clone(),
+            role: role_tx,
+            name: node_name,
+        };
+        Ok(started.into_log(backend, death, role, Some(Arc::new(node))))
     }
 
     pub fn epoch(&self) -> u32 {
         self.epoch
+    }
+
+    /// What this node does with the log now (`single` with the embedded engine).
+    pub fn role(&self) -> watch::Receiver<Role> {
+        self.role.clone()
+    }
+
+    /// On an ingest node of the shared log: waits for the ingest lease, becomes the active
+    /// writer, and resolves with the reason once the lease is lost. Never resolves otherwise.
+    pub async fn hold_ingest_lease(&self) -> LogError {
+        match &self.nats {
+            Some(node) => node.lead().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The NATS cluster as this node sees it (`None` with the embedded engine).
+    pub fn cluster_view(&self) -> Option<nats::node::ClusterView> {
+        self.nats.as_ref().map(|node| node.view())
     }
 
     /// The stored position of `source`, if it ever committed.
@@ -320,7 +362,13 @@ impl Started {
         })
     }
 
-    fn into_log(self, backend: Arc<dyn LogBackend>, death: watch::Receiver<Option<String>>) -> Log {
+    fn into_log(
+        self,
+        backend: Arc<dyn LogBackend>,
+        death: watch::Receiver<Option<String>>,
+        role: watch::Receiver<Role>,
+        nats: Option<Arc<nats::node::NatsNode>>,
+    ) -> Log {
         Log {
             backend,
             epoch: self.epoch,
@@ -330,8 +378,17 @@ impl Started {
             death,
             shapes: self.shapes,
             shape_index: Arc::default(),
+            role,
+            nats,
         }
     }
+}
+
+/// This machine's name, for naming a node in the ingest lease.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "node".into())
 }
 
 /// An open local transaction. Dropping it without commit rolls it back (at the next `begin`).

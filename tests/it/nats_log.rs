@@ -14,9 +14,15 @@ use testkit::pg::PgServer;
 use testkit::relay::{client_state, wait_streaming, wait_until, RelayProcess, SLOT};
 use testkit::{free_port, relay::http_status};
 
-const MARKER: i64 = 1_000_000;
+pub(crate) const MARKER: i64 = 1_000_000;
 
-fn ingest_config(pg: &PgServer, nats: &NatsCluster, dir: &Path, port: u16, stream: &str) -> String {
+pub(crate) fn ingest_config(
+    pg: &PgServer,
+    nats: &NatsCluster,
+    dir: &Path,
+    port: u16,
+    stream: &str,
+) -> String {
     format!(
         "[http]\nlisten = \"127.0.0.1:{port}\"\n\n{log}\n[[sources]]\nname = \"app_pg\"\nkind = \"postgres\"\nurl = {url:?}\nslot = \"{SLOT}\"\npublication = \"{SLOT}\"\ntables = [\"public.events\", \"public.items\"]\n",
         log = log_section(nats, Some(&dir.join("log")), stream),
@@ -24,7 +30,7 @@ fn ingest_config(pg: &PgServer, nats: &NatsCluster, dir: &Path, port: u16, strea
     )
 }
 
-fn serve_config(nats: &NatsCluster, port: u16, stream: &str) -> String {
+pub(crate) fn serve_config(nats: &NatsCluster, port: u16, stream: &str) -> String {
     format!(
         "[http]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
         log_section(nats, None, stream)
@@ -32,7 +38,7 @@ fn serve_config(nats: &NatsCluster, port: u16, stream: &str) -> String {
 }
 
 /// Starts a relay and waits until it serves reads.
-fn start_ready(dir: &Path, config: &str, port: u16) -> (RelayProcess, SocketAddr) {
+pub(crate) fn start_ready(dir: &Path, config: &str, port: u16) -> (RelayProcess, SocketAddr) {
     let mut relay = RelayProcess::start(dir, config);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_until(Duration::from_secs(60), "the node to be ready", || {
@@ -43,7 +49,7 @@ fn start_ready(dir: &Path, config: &str, port: u16) -> (RelayProcess, SocketAddr
 }
 
 /// `count` transactions from `first` on: each inserts one event and bumps one item.
-fn write_batch(pg: &PgServer, first: i64, count: i64) {
+pub(crate) fn write_batch(pg: &PgServer, first: i64, count: i64) {
     let sql: String = (first..first + count)
         .map(|id| {
             format!(
@@ -56,7 +62,7 @@ fn write_batch(pg: &PgServer, first: i64, count: i64) {
 }
 
 /// Every entry of the node's log, through `/v1/changes`.
-async fn whole_log(addr: SocketAddr) -> Vec<Value> {
+pub(crate) async fn whole_log(addr: SocketAddr) -> Vec<Value> {
     let mut records = Vec::new();
     let mut since = "0".to_string();
     loop {
@@ -72,7 +78,7 @@ async fn whole_log(addr: SocketAddr) -> Vec<Value> {
 }
 
 /// Reads change events until the marker row arrives; returns their records.
-async fn read_until_marker(client: &mut SseClient, into: &mut Vec<ChangeRecord>) {
+pub(crate) async fn read_until_marker(client: &mut SseClient, into: &mut Vec<ChangeRecord>) {
     loop {
         let event = client
             .next_within(Duration::from_secs(90))
@@ -92,7 +98,11 @@ async fn read_until_marker(client: &mut SseClient, into: &mut Vec<ChangeRecord>)
 }
 
 /// Reads whatever change events arrive within `quiet` of each other.
-async fn read_for_a_while(client: &mut SseClient, into: &mut Vec<ChangeRecord>, quiet: Duration) {
+pub(crate) async fn read_for_a_while(
+    client: &mut SseClient,
+    into: &mut Vec<ChangeRecord>,
+    quiet: Duration,
+) {
     while let Ok(Some(event)) = tokio::time::timeout(quiet, client.next()).await {
         if event.event == "change" {
             into.push(serde_json::from_value(record_of(&event)).unwrap());
@@ -100,7 +110,7 @@ async fn read_for_a_while(client: &mut SseClient, into: &mut Vec<ChangeRecord>, 
     }
 }
 
-fn seq(cursor: &str) -> u64 {
+pub(crate) fn seq(cursor: &str) -> u64 {
     cursor.split_once('-').unwrap().1.parse().unwrap()
 }
 
@@ -135,6 +145,16 @@ async fn every_change_once_across_an_ingest_crash_and_a_client_moving_between_se
         &serve_config(&nats, ports[1], stream),
         ports[1],
     );
+
+    let ingest_addr = SocketAddr::from(([127, 0, 0, 1], ingest_port));
+    for (addr, role) in [
+        (ingest_addr, "active"),
+        (addr_a, "serve"),
+        (addr_b, "serve"),
+    ] {
+        let status = get(addr, "/v1/status", &[]).await.json();
+        assert_eq!(status["role"], role, "{status}");
+    }
 
     let mut seen = Vec::new();
     let mut client = SseClient::connect(addr_a, "/v1/stream", None).await;
@@ -188,7 +208,6 @@ async fn every_change_once_across_an_ingest_crash_and_a_client_moving_between_se
     );
 
     // Every node holds the same log, cursor for cursor, and it equals the database.
-    let ingest_addr = SocketAddr::from(([127, 0, 0, 1], ingest_port));
     let log_a = whole_log(addr_a).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let (log_b, log_ingest) = loop {

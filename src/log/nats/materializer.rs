@@ -7,13 +7,12 @@
 //! `Begin` to its `Commit` marker) is one local transaction: a block cut short by a crash is
 //! rolled back when the next `Begin` arrives, as the SQLite engine does at its next `begin`.
 
-use super::cluster::nats_error;
 use super::wire::{changes_from_wire, decode, WireCommand, WireTx};
 use crate::log::actor::Command;
 use crate::log::writer::Committed;
 use crate::log::LogError;
 use crate::record::TxMeta;
-use async_nats::jetstream::{consumer, stream};
+use async_nats::jetstream::stream;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -57,7 +56,13 @@ impl Waiters {
     }
 }
 
+/// How often a quiet materializer looks at the stream's end anyway.
+const QUIET_RECHECK: Duration = Duration::from_millis(500);
+
 pub(crate) struct Materializer {
+    pub client: async_nats::Client,
+    /// The stream's subject.
+    pub subject: String,
     pub stream: stream::Stream,
     pub commands: mpsc::Sender<Command>,
     pub node: u64,
@@ -83,40 +88,42 @@ impl Materializer {
         }
     }
 
+    /// Applies the stream's messages after the last applied one, fetching each by its
+    /// sequence (from the stream's leader, so a node that died or a consumer lost with it
+    /// cannot stall this node), then waits for the next publish: a plain subscription to the
+    /// subject rings the bell, and a timer covers a ring missed while reconnecting.
     async fn follow_from(&self, from: u64, block: &mut Block) -> Result<(), Fatal> {
-        let consumer = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from,
-                },
-                ..Default::default()
-            })
+        tracing::debug!(from, "following the stream");
+        let retry = |what: &str, e: &dyn std::fmt::Display| Fatal::Retry(format!("{what}: {e}"));
+        let mut bell = self
+            .client
+            .subscribe(self.subject.clone())
             .await
-            .map_err(|e| {
-                Fatal::Retry(nats_error("creating the stream's consumer", e).to_string())
-            })?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| Fatal::Retry(nats_error("reading the stream", e).to_string()))?;
-        while let Some(message) = messages.next().await {
-            let message = message
-                .map_err(|e| Fatal::Retry(nats_error("reading the stream", e).to_string()))?;
-            let seq = message
-                .info()
-                .map_err(|e| Fatal::Retry(nats_error("a stream message", e).to_string()))?
-                .stream_sequence;
-            if seq <= *self.applied.borrow() {
-                continue;
+            .map_err(|e| retry("subscribing to the stream's subject", &e))?;
+        loop {
+            let end = super::cluster::last_sequence(&self.stream)
+                .await
+                .map_err(|e| retry("reading the stream's end", &e))?;
+            let mut next = *self.applied.borrow() + 1;
+            while next <= end {
+                let message = self
+                    .stream
+                    .get_raw_message(next)
+                    .await
+                    .map_err(|e| retry(&format!("reading stream message {next}"), &e))?;
+                let command = decode(&message.payload).map_err(|e| {
+                    Fatal::Stop(format!("stream message {next} is not a log command: {e}"))
+                })?;
+                self.apply(command, block).await?;
+                self.applied.send_replace(next);
+                next += 1;
             }
-            let command = decode(&message.payload).map_err(|e| {
-                Fatal::Stop(format!("stream message {seq} is not a log command: {e}"))
-            })?;
-            self.apply(command, block).await?;
-            self.applied.send_replace(seq);
+            if let Ok(None) = tokio::time::timeout(QUIET_RECHECK, bell.next()).await {
+                return Err(Fatal::Retry("the subscription ended".into()));
+            }
+            // Rings queued meanwhile are covered by reading up to the stream's end.
+            while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, bell.next()).await {}
         }
-        Err(Fatal::Retry("the stream's consumer ended".into()))
     }
 
     async fn apply(&self, command: WireCommand, block: &mut Block) -> Result<(), Fatal> {

@@ -8,7 +8,9 @@
 //! which assigns the same seqs on every node (see `materializer.rs`).
 
 pub mod cluster;
+mod lease;
 mod materializer;
+pub mod node;
 mod wire;
 
 use super::actor::Command;
@@ -41,7 +43,7 @@ pub struct NatsBackend {
     node: u64,
     next_waiter: AtomicU64,
     waiters: Arc<Waiters>,
-    applied: watch::Receiver<u64>,
+    pub(crate) applied: watch::Receiver<u64>,
     /// Removes a materialization kept in a temporary directory when the node stops.
     _scratch: Option<ScratchDir>,
 }
@@ -98,11 +100,30 @@ impl NatsBackend {
     /// Waits until the local materialization has applied everything the stream holds now.
     pub(crate) async fn catch_up(&self) -> Result<(), LogError> {
         let end = last_sequence(&self.stream).await?;
+        tracing::debug!(
+            end,
+            applied = *self.applied.borrow(),
+            "catching up with the stream"
+        );
         let mut applied = self.applied.clone();
         applied
             .wait_for(|applied| *applied >= end)
             .await
             .map_err(|_| LogError::Stopped)?;
+        Ok(())
+    }
+
+    /// Makes this node the stream's writer (it took the ingest lease): applies everything
+    /// published so far, then writes after the stream's end.
+    pub(crate) async fn claim_writer(&self) -> Result<(), LogError> {
+        let publisher = self.publisher.as_ref().ok_or_else(|| {
+            LogError::ReadOnly("a serve-only node (no [[sources]]) only reads".into())
+        })?;
+        let mut last = publisher.last.lock().await;
+        tracing::debug!("claiming the stream: catching up");
+        self.catch_up().await?;
+        *last = last_sequence(&self.stream).await?;
+        tracing::debug!(last = *last, "claimed the stream");
         Ok(())
     }
 
