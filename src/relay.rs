@@ -53,7 +53,11 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     let listener = listen(config.http.listen, config.limits.send_buffer_bytes)
         .with_context(|| format!("listening on {}", config.http.listen))?;
     tracing::info!(listen = %config.http.listen, "serving HTTP");
-    tokio::spawn(systemd::notify_ready(statuses.clone(), shutdown.clone()));
+    tokio::spawn(systemd::notify_ready(
+        statuses.clone(),
+        log.role(),
+        shutdown.clone(),
+    ));
     tokio::spawn(systemd::watchdog(shutdown.clone()));
     let state = AppState {
         log: log.clone(),

@@ -197,3 +197,19 @@ fn nats_urls_can_come_from_the_environment() {
         vec!["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
     );
 }
+
+#[test]
+fn the_deploy_examples_for_a_nats_cluster_load() {
+    std::env::set_var(
+        "DELTARELAY_JWT_SECRET",
+        "an example secret of at least 32 bytes!",
+    );
+    std::env::set_var("DATABASE_URL", "postgres://relay@10.0.0.4:5432/app");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nats");
+    let ingest = Config::load(&dir.join("deltarelay-ingest.toml")).unwrap();
+    assert_eq!(ingest.sources.len(), 1);
+    assert_eq!(ingest.log.backend, LogBackendKind::Nats);
+    let serve = Config::load(&dir.join("deltarelay-serve.toml")).unwrap();
+    assert!(serve.sources.is_empty());
+    assert!(serve.log.dir.as_os_str().is_empty());
+}

@@ -235,3 +235,52 @@ async fn every_change_once_across_an_ingest_crash_and_a_client_moving_between_se
         pg.table_state("app", "items", &["id"])
     );
 }
+
+/// `deltarelay check` for the shared log, run as the binary an operator runs.
+fn check(dir: &Path, config: &str) -> (Option<i32>, String) {
+    let path = dir.join("check.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_deltarelay"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    (output.status.code(), stdout)
+}
+
+#[test]
+fn check_reports_the_nats_cluster_and_what_to_fix() {
+    testkit::skip_unless!(testkit::nats::available(), "nats-server is not installed");
+    let nats = NatsCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let config = serve_config(&nats, free_port(), "IT_CHECK");
+    let (code, out) = check(dir.path(), &config);
+    assert_eq!(code, Some(0), "{out}");
+    for name in ["connect", "jetstream", "replicas", "max_payload", "stream"] {
+        assert!(out.contains(&format!("PASS nats {name}")), "{name}: {out}");
+    }
+    assert!(out.contains("on a cluster of 3"), "{out}");
+
+    let (code, out) = check(dir.path(), &config.replace("replicas = 3", "replicas = 5"));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL nats replicas"), "{out}");
+    assert!(out.contains("but the cluster has 3 node(s)"), "{out}");
+
+    let nobody = format!("urls = [\"nats://127.0.0.1:{}\"]", free_port());
+    let unreachable = config
+        .lines()
+        .map(|line| {
+            if line.starts_with("urls = ") {
+                nobody.clone()
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (code, out) = check(dir.path(), &unreachable);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL nats connect"), "{out}");
+}

@@ -7,6 +7,7 @@
 //! upstream only what the replicated stream holds. Reads go to the local materialization,
 //! which assigns the same seqs on every node (see `materializer.rs`).
 
+pub mod check;
 pub mod cluster;
 mod lease;
 mod materializer;
@@ -31,7 +32,7 @@ use tokio::sync::{watch, Mutex};
 use wire::{changes_to_wire, encode, Waiter, WireCommand, WireTx};
 
 /// Messages stay well under NATS's default `max_payload` (1 MiB), headers included.
-const MAX_MESSAGE_BYTES: usize = 768 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 768 * 1024;
 
 /// The engine's handle: the local materialization for reads, the stream for writes.
 pub struct NatsBackend {
