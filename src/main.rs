@@ -59,7 +59,8 @@ struct Cli {
 enum Command {
     /// Run the relay until SIGTERM or Ctrl-C.
     Run,
-    /// Validate the config and check each source's prerequisites (exit status 1 on any FAIL).
+    /// Validate the config and check each source's prerequisites, and the NATS cluster with
+    /// `log.backend = "nats"` (exit status 1 on any FAIL).
     Check,
     /// Manage a Postgres source's replication slot.
     Slot {
@@ -179,7 +180,20 @@ async fn stop_signal() {
 
 /// Prints one line per check; fails if any check fails.
 async fn check(config: &Config) -> anyhow::Result<()> {
-    let results = deltarelay::source::check_all(config, |result| println!("{result}")).await;
+    let mut results = deltarelay::source::check_all(config, |result| println!("{result}")).await;
+    if let (deltarelay::config::LogBackendKind::Nats, Some(nats)) =
+        (config.log.backend, &config.log.nats)
+    {
+        let settings = deltarelay::log::nats::cluster::NatsSettings {
+            urls: nats.resolve_urls()?,
+            stream: nats.stream.clone(),
+            replicas: nats.replicas,
+        };
+        for result in deltarelay::log::nats::check::check(&settings).await {
+            println!("{result}");
+            results.push(result);
+        }
+    }
     let failures = deltarelay::check::failures(&results);
     if failures > 0 {
         anyhow::bail!("{failures} check(s) failed: fix them and run deltarelay check again");

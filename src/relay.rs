@@ -1,8 +1,9 @@
 //! The daemon: opens the log, starts every source and the HTTP server, and stops them in order.
 
 use crate::auth::{Access, Verifier};
-use crate::config::{AuthMode, Config};
+use crate::config::{AuthMode, Config, LogBackendKind};
 use crate::http::{self, AppState};
+use crate::log::nats::cluster::NatsSettings;
 use crate::log::Log;
 use crate::source::SourceSpec;
 use crate::systemd;
@@ -18,15 +19,20 @@ const SOURCES_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     // Before the sources start, so that their first counters are recorded.
     crate::telemetry::install();
-    let log = Log::open_scoped(&config.log.dir, config.scope_columns())
-        .with_context(|| format!("opening the log in {}", config.log.dir.display()))?;
-    tracing::info!(dir = %config.log.dir.display(), epoch = log.epoch(), "log open");
+    let log = open_log(&config).await?;
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let retention = tokio::spawn(crate::log::retention::run(
-        log.clone(),
-        config.log.tombstone_retention,
-        shutdown.clone(),
-    ));
+    // Only a node that writes the log purges its tombstones (a serve-only node of the shared
+    // log reads the purges the ingest node publishes).
+    let retention = (!config.sources.is_empty()).then(|| {
+        tokio::spawn(while_writing(
+            log.clone(),
+            crate::log::retention::run(
+                log.clone(),
+                config.log.tombstone_retention,
+                shutdown.clone(),
+            ),
+        ))
+    });
 
     let mut sources = JoinSet::new();
     let mut statuses = Vec::new();
@@ -39,14 +45,19 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
         statuses.push(started.status);
         writers.extend(started.writer);
         let name = spec.name().to_string();
-        let run = started.run;
+        // A standby ingest node of the shared log starts its sources once it is active.
+        let run = while_writing(log.clone(), started.run);
         sources.spawn(async move { (name, run.await.map_err(|e| anyhow::anyhow!(e))) });
     }
 
     let listener = listen(config.http.listen, config.limits.send_buffer_bytes)
         .with_context(|| format!("listening on {}", config.http.listen))?;
     tracing::info!(listen = %config.http.listen, "serving HTTP");
-    tokio::spawn(systemd::notify_ready(statuses.clone(), shutdown.clone()));
+    tokio::spawn(systemd::notify_ready(
+        statuses.clone(),
+        log.role(),
+        shutdown.clone(),
+    ));
     tokio::spawn(systemd::watchdog(shutdown.clone()));
     let state = AppState {
         log: log.clone(),
@@ -67,6 +78,11 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     let mut writer_died = false;
     let failure = tokio::select! {
         _ = &mut stop => None,
+        lost = log.hold_ingest_lease() => {
+            // Sources stop promptly: the stream refuses a deposed writer's messages anyway.
+            writer_died = true;
+            Some(anyhow::anyhow!("{lost}; stopping so that the service manager restarts this node as a standby"))
+        }
         reason = log.writer_stopped() => {
             writer_died = true;
             Some(anyhow::anyhow!("{reason}; stopping so that the service manager restarts the relay (nothing unacknowledged is lost)"))
@@ -94,7 +110,9 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
                 tracing::warn!(source = %name, error = %e, "source ended with an error during shutdown");
             }
         }
-        let _ = retention.await;
+        if let Some(retention) = retention {
+            let _ = retention.await;
+        }
     };
     if !writer_died {
         drain.await;
@@ -108,6 +126,47 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Runs `task` once this node writes the log (at once with the embedded engine; on an ingest
+/// node of the shared log, once it holds the ingest lease).
+async fn while_writing<T>(log: Log, task: impl Future<Output = T>) -> T {
+    let mut role = log.role();
+    let _ = role.wait_for(|role| role.writes()).await;
+    task.await
+}
+
+/// The configured engine's log: the SQLite file under `log.dir`, or the shared NATS log.
+async fn open_log(config: &Config) -> anyhow::Result<Log> {
+    let scopes = config.scope_columns();
+    let nats = match (config.log.backend, &config.log.nats) {
+        (LogBackendKind::Nats, Some(nats)) => nats,
+        _ => {
+            let log = Log::open_scoped(&config.log.dir, scopes)
+                .with_context(|| format!("opening the log in {}", config.log.dir.display()))?;
+            tracing::info!(dir = %config.log.dir.display(), epoch = log.epoch(), "log open");
+            return Ok(log);
+        }
+    };
+    let settings = NatsSettings {
+        urls: nats.resolve_urls()?,
+        stream: nats.stream.clone(),
+        replicas: nats.replicas,
+    };
+    let dir = Some(config.log.dir.as_path()).filter(|dir| !dir.as_os_str().is_empty());
+    let writable = !config.sources.is_empty();
+    let log = Log::open_nats(&settings, dir, scopes, writable)
+        .await
+        .with_context(|| format!("opening the NATS log stream {}", settings.stream))?;
+    tracing::info!(
+        stream = %settings.stream,
+        urls = ?settings.urls,
+        epoch = log.epoch(),
+        head = *log.head().borrow(),
+        writable,
+        "shared log open (NATS JetStream)"
+    );
+    Ok(log)
 }
 
 /// The HTTP listener. Accepted connections inherit its send buffer size (`0` keeps the

@@ -20,16 +20,20 @@ fn notify(states: &[NotifyState]) {
     }
 }
 
-/// Sends READY=1 once [`all_ready`] holds; gives up quietly on shutdown.
+/// Sends READY=1 once [`all_ready`] holds, or at once on a standby ingest node of the shared
+/// log (it serves reads; its sources wait for the lease); gives up quietly on shutdown.
 pub async fn notify_ready(
     sources: Vec<watch::Receiver<SourceStatus>>,
+    role: watch::Receiver<crate::log::Role>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     if !under_systemd() {
         return;
     }
     loop {
-        if all_ready(&sources).is_ok() {
+        // A standby of the shared log serves reads while its sources wait for the lease.
+        let standby = *role.borrow() == crate::log::Role::Standby;
+        if standby || all_ready(&sources).is_ok() {
             notify(&[NotifyState::Ready, NotifyState::Status("ready")]);
             tracing::info!("told systemd the relay is ready");
             return;

@@ -7,6 +7,10 @@ use std::sync::OnceLock;
 
 pub const HTTP_REQUESTS: &str = "deltarelay_http_requests_total";
 pub const SSE_SUBSCRIBERS: &str = "deltarelay_sse_subscribers";
+/// 1 for this node's role (`single`, `active`, `standby`, `serve`), 0 for the others.
+pub const NODE_ROLE: &str = "deltarelay_node_role";
+/// The last NATS stream sequence this node's materialization applied (shared log only).
+pub const NATS_APPLIED_SEQ: &str = "deltarelay_nats_applied_seq";
 pub const SSE_EVENTS_SENT: &str = "deltarelay_sse_events_sent_total";
 pub const SSE_LOG_FALLBACKS: &str = "deltarelay_sse_log_fallbacks_total";
 pub const CHANGES_SERVED: &str = "deltarelay_changes_served_total";
@@ -53,6 +57,14 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 fn describe() {
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
     metrics::describe_gauge!(SSE_SUBSCRIBERS, "Open /v1/stream connections");
+    metrics::describe_gauge!(
+        NODE_ROLE,
+        "1 for this node's role (single, active, standby, serve)"
+    );
+    metrics::describe_gauge!(
+        NATS_APPLIED_SEQ,
+        "The last NATS stream sequence this node's log materialization applied"
+    );
     metrics::describe_counter!(SSE_EVENTS_SENT, "Change events sent on /v1/stream");
     metrics::describe_counter!(
         SSE_LOG_FALLBACKS,

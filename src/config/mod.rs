@@ -1,7 +1,9 @@
 //! Typed configuration: one TOML file plus `DELTARELAY__SECTION__KEY` environment overrides.
 
+mod nats;
 mod writes;
 
+pub use nats::{LogBackendKind, NatsConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -47,6 +49,8 @@ pub enum Problem {
     Http(String),
     #[error("auth: {0}")]
     Auth(String),
+    #[error("{0}")]
+    Log(String),
     #[error("[collections.{name:?}]: {message}")]
     Collection { name: String, message: String },
 }
@@ -193,7 +197,13 @@ fn default_listen() -> SocketAddr {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
+    /// Required with the SQLite engine; optional on a serve-only node of the NATS engine.
+    #[serde(default)]
     pub dir: PathBuf,
+    /// `sqlite` (the embedded default) or `nats` (a shared log in NATS JetStream).
+    #[serde(default)]
+    pub backend: LogBackendKind,
+    pub nats: Option<NatsConfig>,
     #[serde(default = "default_retention", with = "duration_text")]
     pub tombstone_retention: Duration,
     /// `text` (human-readable) or `json` (one object per line, for journald/log shippers).
@@ -345,7 +355,9 @@ impl Config {
     /// Checks what the types cannot: names, duplicates, auth keys, access rules. Each source's
     /// own keys are its kind's to check (`crate::source::SourceSpec::parse`).
     pub fn validate(&self) -> Result<(), Problem> {
-        if self.sources.is_empty() {
+        self.validate_log()?;
+        // A node of the shared log without sources serves reads only.
+        if self.sources.is_empty() && self.log.backend == LogBackendKind::Sqlite {
             return Err(Problem::NoSources);
         }
         let mut names = std::collections::HashSet::new();
@@ -361,6 +373,23 @@ impl Config {
         self.validate_http()?;
         self.validate_auth()?;
         self.validate_collections()
+    }
+
+    fn validate_log(&self) -> Result<(), Problem> {
+        let log = &self.log;
+        match (log.backend, &log.nats) {
+            (LogBackendKind::Sqlite, Some(_)) => Err(Problem::Log(
+                "[log.nats] is set but log.backend is \"sqlite\": set backend = \"nats\" or remove [log.nats]".into(),
+            )),
+            (LogBackendKind::Sqlite, None) if log.dir.as_os_str().is_empty() => Err(Problem::Log(
+                "log.dir is missing: set dir = \"/var/lib/deltarelay\" (where the log is kept)".into(),
+            )),
+            (LogBackendKind::Sqlite, None) => Ok(()),
+            (LogBackendKind::Nats, None) => Err(Problem::Log(
+                "log.backend = \"nats\" needs [log.nats] with urls = [\"nats://host:4222\", …]".into(),
+            )),
+            (LogBackendKind::Nats, Some(nats)) => nats.validate(),
+        }
     }
 
     fn validate_http(&self) -> Result<(), Problem> {

@@ -136,3 +136,80 @@ scope = { column = "user_id", claim = "sub" }
     let err = load_text(&short).unwrap_err().to_string();
     assert!(err.contains("32 bytes"), "{err}");
 }
+
+const NATS_SERVE: &str = r#"
+[http]
+listen = "127.0.0.1:8080"
+[log]
+backend = "nats"
+[log.nats]
+urls = ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
+"#;
+
+#[test]
+fn a_serve_only_node_of_the_nats_log_needs_no_sources_and_no_dir() {
+    let config = load_text(NATS_SERVE).unwrap();
+    assert_eq!(config.log.backend, LogBackendKind::Nats);
+    let nats = config.log.nats.unwrap();
+    assert_eq!(nats.stream, "DELTARELAY");
+    assert_eq!(nats.replicas, 3);
+    assert_eq!(nats.resolve_urls().unwrap().len(), 2);
+}
+
+#[test]
+fn nats_settings_are_checked_with_clear_errors() {
+    let problem = |text: &str| load_text(text).unwrap_err().to_string();
+    let no_section = NATS_SERVE.replace(
+        "[log.nats]\nurls = [\"nats://127.0.0.1:4222\", \"nats://127.0.0.1:4223\"]\n",
+        "",
+    );
+    assert!(
+        problem(&no_section).contains("needs [log.nats]"),
+        "{}",
+        problem(&no_section)
+    );
+    let bad_url = NATS_SERVE.replace("nats://127.0.0.1:4223", "http://x");
+    assert!(problem(&bad_url).contains("is not a NATS server URL"));
+    let replicas = NATS_SERVE.replace("[log.nats]\n", "[log.nats]\nreplicas = 0\n");
+    assert!(problem(&replicas).contains("replicas = 0"));
+    let stream = NATS_SERVE.replace("[log.nats]\n", "[log.nats]\nstream = \"a.b\"\n");
+    assert!(problem(&stream).contains("stream = \"a.b\""));
+    let both = NATS_SERVE.replace("[log.nats]\n", "[log.nats]\nurls_env = \"X\"\n");
+    assert!(problem(&both).contains("either urls or urls_env"));
+    let sqlite_with_nats = NATS_SERVE.replace("backend = \"nats\"\n", "dir = \"/tmp/x\"\n");
+    assert!(problem(&sqlite_with_nats).contains("backend is \"sqlite\""));
+    // The embedded engine still needs a source and a dir.
+    let no_dir = MINIMAL.replace("dir = \"/tmp/x\"\n", "");
+    assert!(problem(&no_dir).contains("log.dir is missing"));
+}
+
+#[test]
+fn nats_urls_can_come_from_the_environment() {
+    let var = "DELTARELAY_TEST_NATS_URLS_FOR_CONFIG";
+    std::env::set_var(var, "nats://10.0.0.1:4222, nats://10.0.0.2:4222");
+    let text = NATS_SERVE.replace(
+        "urls = [\"nats://127.0.0.1:4222\", \"nats://127.0.0.1:4223\"]",
+        &format!("urls_env = \"{var}\""),
+    );
+    let config = load_text(&text).unwrap();
+    assert_eq!(
+        config.log.nats.unwrap().resolve_urls().unwrap(),
+        vec!["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
+    );
+}
+
+#[test]
+fn the_deploy_examples_for_a_nats_cluster_load() {
+    std::env::set_var(
+        "DELTARELAY_JWT_SECRET",
+        "an example secret of at least 32 bytes!",
+    );
+    std::env::set_var("DATABASE_URL", "postgres://relay@10.0.0.4:5432/app");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nats");
+    let ingest = Config::load(&dir.join("deltarelay-ingest.toml")).unwrap();
+    assert_eq!(ingest.sources.len(), 1);
+    assert_eq!(ingest.log.backend, LogBackendKind::Nats);
+    let serve = Config::load(&dir.join("deltarelay-serve.toml")).unwrap();
+    assert!(serve.sources.is_empty());
+    assert!(serve.log.dir.as_os_str().is_empty());
+}

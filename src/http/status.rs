@@ -61,12 +61,20 @@ pub async fn status(State(shared): State<SharedState>) -> Result<Response, ApiEr
             "bytes": stats.bytes,
         },
         "subscribers": shared.subscribers.load(Ordering::Relaxed),
+        "role": shared.log().role().borrow().as_str(),
+        "cluster": shared.log().cluster_view(),
     });
     Ok(Json(body).into_response())
 }
 
 pub async fn readyz(State(shared): State<SharedState>) -> Response {
-    match crate::source::all_ready(&shared.app.sources) {
+    // A standby's sources wait for the lease: it serves reads all the same.
+    let role = *shared.log().role().borrow();
+    let sources = match role {
+        crate::log::Role::Standby => Ok(()),
+        _ => crate::source::all_ready(&shared.app.sources),
+    };
+    match sources {
         Ok(()) => Json(json!({"ready": true})).into_response(),
         Err(reasons) => {
             let body =
@@ -85,6 +93,17 @@ pub async fn metrics(State(shared): State<SharedState>) -> Result<Response, ApiE
         )
     })?;
     metrics::gauge!(telemetry::LOG_HEAD_SEQ).set(*shared.log().head().borrow() as f64);
+    let role = *shared.log().role().borrow();
+    for each in crate::log::Role::ALL {
+        metrics::gauge!(telemetry::NODE_ROLE, "role" => each.as_str()).set(if each == role {
+            1.0
+        } else {
+            0.0
+        });
+    }
+    if let Some(view) = shared.log().cluster_view() {
+        metrics::gauge!(telemetry::NATS_APPLIED_SEQ).set(view.applied as f64);
+    }
     metrics::gauge!(telemetry::SSE_SUBSCRIBERS)
         .set(shared.subscribers.load(Ordering::Relaxed) as f64);
     handle.run_upkeep();

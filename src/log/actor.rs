@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// The write protocol: what a [`super::Log`] handle asks of the single writer, in order.
-pub(super) enum Command {
+pub(crate) enum Command {
     Begin,
     /// Changes of one or more upstream transactions, in commit order.
     Append(Vec<(Arc<TxMeta>, Vec<Change>)>),

@@ -19,6 +19,12 @@ pub enum LogError {
     Invalid(String),
     #[error("the log writer has stopped")]
     Stopped,
+    /// The shared log (`log.backend = "nats"`) could not be reached or refused a write.
+    #[error("NATS log: {0}")]
+    Nats(String),
+    /// A node that is not the active ingest node tried to write the shared log.
+    #[error("this node cannot write the shared log: {0}")]
+    ReadOnly(String),
 }
 
 impl LogError {

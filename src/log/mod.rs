@@ -20,9 +20,11 @@ mod error;
 pub mod follow;
 mod interest;
 mod large;
+pub mod nats;
 mod pool;
 pub mod reader;
 pub mod retention;
+pub mod role;
 pub mod scope;
 mod shape_index;
 mod shaped;
@@ -37,6 +39,7 @@ pub use reader::{CollectionSummary, LogReader, Page, ReadEntry, ReadFrom, RowFil
 pub use writer::{Committed, Prior, StoredRecord, MAX_BROADCAST_BYTES, MAX_BROADCAST_RECORDS};
 
 pub use backend::LogStats;
+pub use role::Role;
 
 use crate::record::{Change, TxMeta};
 use crate::shape::ColumnInfo;
@@ -70,6 +73,9 @@ pub struct Log {
     shapes: Arc<interest::ShapeInterest>,
     /// The live fan-out of shaped followers.
     shape_index: Arc<shape_index::ShapeIndex>,
+    role: watch::Receiver<Role>,
+    /// This node's place in the shared log (`log.backend = "nats"`).
+    nats: Option<Arc<nats::node::NatsNode>>,
 }
 
 impl Log {
@@ -80,38 +86,100 @@ impl Log {
 
     /// Opens the log with the configured row-scope columns (collection → column).
     pub fn open_scoped(dir: &Path, scopes: scope::ScopeColumns) -> Result<Log, LogError> {
-        let mut writer = LogWriter::open_scoped(dir, scopes)?;
-        let epoch = writer.epoch();
-        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
-        let (committed, _) = broadcast::channel(COMMITTED_BROADCAST);
-        let listeners = committed.clone();
-        writer.hold_records_while(move || listeners.receiver_count() > 0);
-        let shapes = Arc::new(interest::ShapeInterest::default());
-        writer.watch_shapes(shapes.clone());
-        let (head_tx, head) = watch::channel(writer.head_seq());
-        let outlets = actor::Outlets {
-            committed: committed.clone(),
-            head: head_tx,
-            checkpointer: checkpoint::Checkpointer::start(dir)?,
+        let writer = LogWriter::open_scoped(dir, scopes)?;
+        let started = Started::start(writer, dir)?;
+        let backend = Arc::new(SqliteBackend::new(
+            dir.to_path_buf(),
+            started.commands.clone(),
+        ));
+        let death = started.death.clone();
+        let (_, role) = watch::channel(Role::Single);
+        Ok(started.into_log(backend, death, role, None))
+    }
+
+    /// Opens the shared log in a NATS JetStream cluster (`log.backend = "nats"`): connects,
+    /// rebuilds this node's materialization from the stream and follows it. `writable` on an
+    /// ingest node. The materialization lives in `dir/nats` (rebuilt at every start) or, with no
+    /// `dir`, in a temporary directory.
+    pub async fn open_nats(
+        settings: &nats::cluster::NatsSettings,
+        dir: Option<&Path>,
+        scopes: scope::ScopeColumns,
+        writable: bool,
+    ) -> Result<Log, LogError> {
+        let js = nats::cluster::connect(settings).await?;
+        let node_name = format!("{}-{:08x}", hostname(), rand::random::<u32>());
+        let stream = nats::cluster::log_stream(&js, settings).await?;
+        let bucket = nats::cluster::meta_bucket(&js, settings).await?;
+        let epoch = nats::cluster::epoch(&bucket).await?;
+        let (dir, scratch) = nats::materialization_dir(dir, settings)?;
+        let mut writer = LogWriter::open_scoped(&dir, scopes)?;
+        writer.adopt_epoch(epoch)?;
+        let started = Started::start(writer, &dir)?;
+        let node = rand::random::<u64>();
+        let waiters = Arc::default();
+        let (applied_tx, applied) = watch::channel(0);
+        let materializer = nats::Materializer {
+            client: js.client(),
+            subject: settings.subject(),
+            stream: stream.clone(),
+            commands: started.commands.clone(),
+            node,
+            waiters: Arc::clone(&waiters),
+            applied: applied_tx,
         };
-        let death = actor::spawn(writer, receiver, outlets).map_err(|source| LogError::Dir {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
-        Ok(Log {
-            backend: Arc::new(SqliteBackend::new(dir.to_path_buf(), commands)),
-            epoch,
-            write_lock: Arc::new(Mutex::new(())),
-            committed,
-            head,
-            death,
-            shapes,
-            shape_index: Arc::default(),
+        let death = nats::watch_death(started.death.clone(), materializer);
+        let js_for_node = js.clone();
+        let backend = nats::NatsBackend::new(nats::Parts {
+            js,
+            stream,
+            settings: settings.clone(),
+            local: SqliteBackend::new(dir.clone(), started.commands.clone()),
+            writable,
+            node,
+            waiters,
+            applied,
+            scratch,
         })
+        .await?;
+        backend.catch_up().await?;
+        let backend = Arc::new(backend);
+        let (role_tx, role) = watch::channel(match writable {
+            true => Role::Standby,
+            false => Role::Serve,
+        });
+        let node = nats::node::NatsNode {
+            backend: backend.clone(),
+            js: js_for_node,
+            bucket,
+            settings: settings.clone(),
+            role: role_tx,
+            name: node_name,
+        };
+        Ok(started.into_log(backend, death, role, Some(Arc::new(node))))
     }
 
     pub fn epoch(&self) -> u32 {
         self.epoch
+    }
+
+    /// What this node does with the log now (`single` with the embedded engine).
+    pub fn role(&self) -> watch::Receiver<Role> {
+        self.role.clone()
+    }
+
+    /// On an ingest node of the shared log: waits for the ingest lease, becomes the active
+    /// writer, and resolves with the reason once the lease is lost. Never resolves otherwise.
+    pub async fn hold_ingest_lease(&self) -> LogError {
+        match &self.nats {
+            Some(node) => node.lead().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The NATS cluster as this node sees it (`None` with the embedded engine).
+    pub fn cluster_view(&self) -> Option<nats::node::ClusterView> {
+        self.nats.as_ref().map(|node| node.view())
     }
 
     /// The stored position of `source`, if it ever committed.
@@ -253,6 +321,74 @@ impl Log {
     async fn send(&self, command: Command) -> Result<(), LogError> {
         self.backend.write(command).await
     }
+}
+
+/// The writer thread and the channels around it, before an engine is put in front.
+struct Started {
+    epoch: u32,
+    commands: mpsc::Sender<Command>,
+    committed: broadcast::Sender<Arc<Committed>>,
+    head: watch::Receiver<u64>,
+    death: watch::Receiver<Option<String>>,
+    shapes: Arc<interest::ShapeInterest>,
+}
+
+impl Started {
+    fn start(mut writer: LogWriter, dir: &Path) -> Result<Started, LogError> {
+        let epoch = writer.epoch();
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+        let (committed, _) = broadcast::channel(COMMITTED_BROADCAST);
+        let listeners = committed.clone();
+        writer.hold_records_while(move || listeners.receiver_count() > 0);
+        let shapes = Arc::new(interest::ShapeInterest::default());
+        writer.watch_shapes(shapes.clone());
+        let (head_tx, head) = watch::channel(writer.head_seq());
+        let outlets = actor::Outlets {
+            committed: committed.clone(),
+            head: head_tx,
+            checkpointer: checkpoint::Checkpointer::start(dir)?,
+        };
+        let death = actor::spawn(writer, receiver, outlets).map_err(|source| LogError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Started {
+            epoch,
+            commands,
+            committed,
+            head,
+            death,
+            shapes,
+        })
+    }
+
+    fn into_log(
+        self,
+        backend: Arc<dyn LogBackend>,
+        death: watch::Receiver<Option<String>>,
+        role: watch::Receiver<Role>,
+        nats: Option<Arc<nats::node::NatsNode>>,
+    ) -> Log {
+        Log {
+            backend,
+            epoch: self.epoch,
+            write_lock: Arc::new(Mutex::new(())),
+            committed: self.committed,
+            head: self.head,
+            death,
+            shapes: self.shapes,
+            shape_index: Arc::default(),
+            role,
+            nats,
+        }
+    }
+}
+
+/// This machine's name, for naming a node in the ingest lease.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "node".into())
 }
 
 /// An open local transaction. Dropping it without commit rolls it back (at the next `begin`).

@@ -17,6 +17,7 @@ pub mod http;
 pub mod measure;
 pub mod mongo;
 pub mod mongo_wire;
+pub mod nats;
 pub mod pg;
 pub mod proxy;
 pub mod relay;

@@ -26,6 +26,8 @@ mod mongo_real;
 mod mongo_source;
 mod mongo_wire_driver;
 mod mongo_with_postgres;
+mod nats_failover;
+mod nats_log;
 mod ops_check;
 mod ops_shutdown;
 mod ops_systemd;

@@ -158,6 +158,14 @@ impl LogWriter {
         self.epoch
     }
 
+    /// Gives a new, empty log the epoch of a shared log (`log.backend = "nats"`), so that its
+    /// cursors match every other node's.
+    pub fn adopt_epoch(&mut self, epoch: u32) -> Result<(), LogError> {
+        store::set_meta(&self.conn, "epoch", &epoch.to_string())?;
+        self.epoch = epoch;
+        Ok(())
+    }
+
     #[cfg(test)]
     pub(crate) fn use_marks(&mut self, marks: Marks) {
         self.marks = marks;

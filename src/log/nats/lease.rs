@@ -1,0 +1,119 @@
+//! The ingest lease: which of several ingest nodes of one shared log is active.
+//!
+//! One key in the meta bucket, changed only by revision-checked updates (JetStream's
+//! `Nats-Expected-Last-Subject-Sequence`), so that two nodes can never both take it. The holder
+//! renews it every [`RENEW_EVERY`]; a standby takes it once its revision has not moved for
+//! [`EXPIRES_AFTER`] by the standby's own clock (no clock comparison between machines).
+//! Fencing does not rely on the lease alone: the stream refuses a deposed writer's messages
+//! (`Nats-Expected-Last-Sequence`, see `mod.rs`).
+
+use super::cluster::nats_error;
+use crate::log::LogError;
+use async_nats::jetstream::kv;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const KEY: &str = "ingest_lease";
+pub const RENEW_EVERY: Duration = Duration::from_secs(2);
+pub const EXPIRES_AFTER: Duration = Duration::from_secs(10);
+/// How often a standby looks at the lease.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+pub struct Lease {
+    bucket: kv::Store,
+    node: String,
+    revision: u64,
+    /// When the last renewal was acknowledged.
+    renewed: Instant,
+}
+
+impl Lease {
+    /// Waits until this node holds the lease (forever while another node renews it).
+    pub async fn acquire(bucket: kv::Store, node: String) -> Lease {
+        // The lease's revision as first seen, and since when.
+        let mut seen: Option<(u64, Instant)> = None;
+        loop {
+            match try_take(&bucket, &node, &mut seen).await {
+                Ok(Some(revision)) => {
+                    return Lease {
+                        bucket,
+                        node,
+                        revision,
+                        renewed: Instant::now(),
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "reading the ingest lease"),
+            }
+            tokio::time::sleep(WATCH_EVERY).await;
+        }
+    }
+
+    /// Renews the lease every [`RENEW_EVERY`] until it is lost: another node took it, or no
+    /// renewal got through for [`EXPIRES_AFTER`] (a standby may hold it by then). Returns why.
+    pub async fn hold(mut self) -> LogError {
+        loop {
+            tokio::time::sleep(RENEW_EVERY).await;
+            match self
+                .bucket
+                .update(KEY, self.node.clone().into(), self.revision)
+                .await
+            {
+                Ok(revision) => {
+                    self.revision = revision;
+                    self.renewed = Instant::now();
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    return LogError::ReadOnly("another ingest node took the lease".into());
+                }
+                Err(e) if self.renewed.elapsed() >= EXPIRES_AFTER => {
+                    return nats_error("the ingest lease could not be renewed in time", e);
+                }
+                Err(e) => tracing::warn!(error = %e, "renewing the ingest lease; retrying"),
+            }
+        }
+    }
+}
+
+/// Takes the lease if nobody holds it, or if its holder stopped renewing it.
+async fn try_take(
+    bucket: &kv::Store,
+    node: &str,
+    seen: &mut Option<(u64, Instant)>,
+) -> Result<Option<u64>, LogError> {
+    let entry = bucket
+        .entry(KEY)
+        .await
+        .map_err(|e| nats_error("reading the ingest lease", e))?;
+    let Some(entry) = entry else {
+        return match bucket.create(KEY, node.to_string().into()).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(nats_error("creating the ingest lease", e)),
+        };
+    };
+    let expired = match *seen {
+        Some((revision, since)) if revision == entry.revision => since.elapsed() >= EXPIRES_AFTER,
+        _ => {
+            *seen = Some((entry.revision, Instant::now()));
+            false
+        }
+    };
+    // A node that restarts finds its own name only if it died before another took over: it
+    // still waits for the lease to expire, as its old self may still be running.
+    if !expired {
+        return Ok(None);
+    }
+    match bucket
+        .update(KEY, node.to_string().into(), entry.revision)
+        .await
+    {
+        Ok(revision) => {
+            let holder = String::from_utf8_lossy(&entry.value).into_owned();
+            tracing::info!(previous = %holder, "took over the ingest lease");
+            Ok(Some(revision))
+        }
+        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+        Err(e) => Err(nats_error("taking the ingest lease", e)),
+    }
+}

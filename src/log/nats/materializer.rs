@@ -1,0 +1,244 @@
+//! The local materialization of the shared log: applies the stream's commands, in stream
+//! order, to this node's SQLite log writer.
+//!
+//! Every node runs one, the active ingest node included, so that every node assigns the same
+//! seqs (the writer's are deterministic given the same commands from the same empty start)
+//! and serves reads, follows and `410`s exactly as the SQLite engine does. A block (from
+//! `Begin` to its `Commit` marker) is one local transaction: a block cut short by a crash is
+//! rolled back when the next `Begin` arrives, as the SQLite engine does at its next `begin`.
+
+use super::wire::{changes_from_wire, decode, WireCommand, WireTx};
+use crate::log::actor::Command;
+use crate::log::writer::Committed;
+use crate::log::LogError;
+use crate::record::TxMeta;
+use async_nats::jetstream::stream;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// What the materializer hands back to the node that published a command with a waiter.
+pub(crate) enum Reply {
+    Committed(Result<Arc<Committed>, LogError>),
+    Reset(Result<u64, LogError>),
+    Purged(Result<usize, LogError>),
+}
+
+/// This node's callers waiting for the materializer to apply what they published.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+}
+
+impl Waiters {
+    pub fn register(&self, id: u64) -> oneshot::Receiver<Reply> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id, tx);
+        rx
+    }
+
+    pub fn forget(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn answer(&self, id: u64, reply: Reply) {
+        if let Some(waiter) = self.lock().remove(&id) {
+            let _ = waiter.send(reply);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// How often a quiet materializer looks at the stream's end anyway.
+const QUIET_RECHECK: Duration = Duration::from_millis(500);
+
+pub(crate) struct Materializer {
+    pub client: async_nats::Client,
+    /// The stream's subject.
+    pub subject: String,
+    pub stream: stream::Stream,
+    pub commands: mpsc::Sender<Command>,
+    pub node: u64,
+    pub waiters: Arc<Waiters>,
+    /// The last stream sequence applied.
+    pub applied: watch::Sender<u64>,
+}
+
+impl Materializer {
+    /// Applies the stream from its start until the writer stops. Returns why it stopped.
+    pub async fn run(self) -> String {
+        let mut block = Block::default();
+        loop {
+            let from = *self.applied.borrow() + 1;
+            match self.follow_from(from, &mut block).await {
+                Ok(()) => return "the log writer has stopped".into(),
+                Err(Fatal::Stop(reason)) => return reason,
+                Err(Fatal::Retry(reason)) => {
+                    tracing::warn!(%reason, from, "following the NATS log stream again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Applies the stream's messages after the last applied one, fetching each by its
+    /// sequence (from the stream's leader, so a node that died or a consumer lost with it
+    /// cannot stall this node), then waits for the next publish: a plain subscription to the
+    /// subject rings the bell, and a timer covers a ring missed while reconnecting.
+    async fn follow_from(&self, from: u64, block: &mut Block) -> Result<(), Fatal> {
+        tracing::debug!(from, "following the stream");
+        let retry = |what: &str, e: &dyn std::fmt::Display| Fatal::Retry(format!("{what}: {e}"));
+        let mut bell = self
+            .client
+            .subscribe(self.subject.clone())
+            .await
+            .map_err(|e| retry("subscribing to the stream's subject", &e))?;
+        loop {
+            let end = super::cluster::last_sequence(&self.stream)
+                .await
+                .map_err(|e| retry("reading the stream's end", &e))?;
+            let mut next = *self.applied.borrow() + 1;
+            while next <= end {
+                let message = self
+                    .stream
+                    .get_raw_message(next)
+                    .await
+                    .map_err(|e| retry(&format!("reading stream message {next}"), &e))?;
+                let command = decode(&message.payload).map_err(|e| {
+                    Fatal::Stop(format!("stream message {next} is not a log command: {e}"))
+                })?;
+                self.apply(command, block).await?;
+                self.applied.send_replace(next);
+                next += 1;
+            }
+            if let Ok(None) = tokio::time::timeout(QUIET_RECHECK, bell.next()).await {
+                return Err(Fatal::Retry("the subscription ended".into()));
+            }
+            // Rings queued meanwhile are covered by reading up to the stream's end.
+            while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, bell.next()).await {}
+        }
+    }
+
+    async fn apply(&self, command: WireCommand, block: &mut Block) -> Result<(), Fatal> {
+        let stopped = || Fatal::Stop("the log writer has stopped".into());
+        match command {
+            WireCommand::Begin => {
+                *block = Block::default();
+                self.send(Command::Begin).await?;
+            }
+            WireCommand::Append { txs } => {
+                let batch = txs
+                    .into_iter()
+                    .map(|(tx, changes)| (block.tx(tx), changes_from_wire(changes)))
+                    .collect();
+                self.send(Command::Append(batch)).await?;
+            }
+            WireCommand::AppendCopied { tx, changes, floor } => {
+                let tx = block.tx(tx);
+                let changes = changes_from_wire(changes);
+                self.send(Command::AppendCopied { tx, changes, floor })
+                    .await?;
+            }
+            WireCommand::RemoveCollection { collection } => {
+                self.send(Command::RemoveCollection(collection)).await?;
+            }
+            WireCommand::Columns {
+                collection,
+                columns,
+            } => {
+                self.send(Command::Columns {
+                    collection,
+                    columns,
+                })
+                .await?;
+            }
+            WireCommand::Rollback => {
+                *block = Block::default();
+                self.send(Command::Rollback).await?;
+            }
+            WireCommand::Commit {
+                source,
+                position,
+                waiter,
+            } => {
+                *block = Block::default();
+                let (reply, answer) = oneshot::channel();
+                self.send(Command::Commit {
+                    source,
+                    position,
+                    reply,
+                })
+                .await?;
+                let result = answer.await.map_err(|_| stopped())?;
+                self.answer(waiter, Reply::Committed(result));
+            }
+            WireCommand::ResetSource { source, waiter } => {
+                *block = Block::default();
+                let (reply, answer) = oneshot::channel();
+                self.send(Command::ResetSource { source, reply }).await?;
+                let result = answer.await.map_err(|_| stopped())?;
+                self.answer(waiter, Reply::Reset(result));
+            }
+            WireCommand::PurgeTombstones { before, waiter } => {
+                *block = Block::default();
+                let (reply, answer) = oneshot::channel();
+                self.send(Command::PurgeTombstones { before, reply })
+                    .await?;
+                let result = answer.await.map_err(|_| stopped())?;
+                self.answer(waiter, Reply::Purged(result));
+            }
+        }
+        Ok(())
+    }
+
+    fn answer(&self, waiter: super::wire::Waiter, reply: Reply) {
+        if waiter.node == self.node {
+            self.waiters.answer(waiter.id, reply);
+        }
+    }
+
+    async fn send(&self, command: Command) -> Result<(), Fatal> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| Fatal::Stop("the log writer has stopped".into()))
+    }
+}
+
+enum Fatal {
+    /// The stream could not be read for now: follow it again from the last applied message.
+    Retry(String),
+    /// The materialization cannot go on (the writer died, or the stream holds garbage).
+    Stop(String),
+}
+
+/// The open block: its last upstream transaction, so that one transaction split over several
+/// messages keeps one `TxMeta` (the writer groups a transaction's entries by its identity).
+#[derive(Default)]
+struct Block {
+    last_tx: Option<(WireTx, Arc<TxMeta>)>,
+}
+
+impl Block {
+    fn tx(&mut self, tx: WireTx) -> Arc<TxMeta> {
+        if let Some((last, meta)) = &self.last_tx {
+            if last.source == tx.source
+                && last.id == tx.id
+                && last.position == tx.position
+                && last.commit_time == tx.commit_time
+            {
+                return meta.clone();
+            }
+        }
+        let meta = Arc::new(TxMeta::from(tx.clone()));
+        self.last_tx = Some((tx, meta.clone()));
+        meta
+    }
+}
