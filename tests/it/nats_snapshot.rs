@@ -2,8 +2,9 @@
 //! ingest node snapshots its materialization and purges the stream several times while a
 //! writer changes Postgres. A serve node started after the purges (from the newest snapshot
 //! and the stream's tail) serves the very same log; a client's cursor from before the purges
-//! goes on without gap or duplicate there; the ingest node killed (-9) after a purge and
-//! restarted delivers every change exactly once.
+//! goes on without gap or duplicate there; a node paused through the purges stops rather
+//! than skip what was purged; the ingest node killed (-9) after a purge and restarted
+//! delivers every change exactly once.
 
 use super::nats_log::{seq, start_ready, whole_log, write_batch, MARKER};
 use deltarelay::log::nats::cluster::{self, NatsSettings};
@@ -159,6 +160,16 @@ async fn the_stream_is_compacted_by_snapshots_and_every_node_serves_the_same_log
     let first_page: Vec<Value> = page["changes"].as_array().unwrap().clone();
     let mid_cursor = page["cursor"].as_str().unwrap().to_string();
 
+    // A serve node that is paused through the purges falls behind them.
+    let stalled_dir = tempfile::tempdir().unwrap();
+    let stalled_port = free_port();
+    let (mut stalled, _) = start_ready(
+        stalled_dir.path(),
+        &serve_config(&nats, stalled_port),
+        stalled_port,
+    );
+    signal(&stalled, "-STOP");
+
     // The writer goes on while the ingest node snapshots and purges several times.
     let mut firsts = vec![stream_state(&nats).await.0];
     let mut most_messages = 0;
@@ -188,6 +199,18 @@ async fn the_stream_is_compacted_by_snapshots_and_every_node_serves_the_same_log
     assert!(
         most_messages <= 4 * SNAPSHOT_AFTER,
         "the stream grew to {most_messages} messages between purges"
+    );
+
+    // The paused node, resumed, finds its next message purged: it stops with that reason
+    // rather than skip commands (restarted, it would load the newest snapshot).
+    signal(&stalled, "-CONT");
+    assert_ne!(stalled.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(
+        stalled
+            .output()
+            .contains("compacted away before this node applied it"),
+        "{}",
+        stalled.output()
     );
 
     // A serve node started now loads the newest snapshot and follows the stream's tail.
@@ -284,6 +307,16 @@ async fn the_stream_is_compacted_by_snapshots_and_every_node_serves_the_same_log
         state["public.items"],
         pg.table_state("app", "items", &["id"])
     );
+}
+
+/// Sends a signal (`-STOP`, `-CONT`) to a relay this test started.
+fn signal(node: &RelayProcess, which: &str) {
+    let pid = node.pid().expect("the relay runs").to_string();
+    let status = std::process::Command::new("kill")
+        .args([which, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 /// Waits until the node's log holds `events` events; returns the whole log.
