@@ -4,6 +4,7 @@ use crate::auth::{Access, Verifier};
 use crate::config::{AuthMode, Config, LogBackendKind};
 use crate::http::{self, AppState};
 use crate::log::nats::cluster::NatsSettings;
+use crate::log::nats::snapshot::SnapshotPolicy;
 use crate::log::Log;
 use crate::source::SourceSpec;
 use crate::systemd;
@@ -152,6 +153,10 @@ async fn open_log(config: &Config) -> anyhow::Result<Log> {
         urls: nats.resolve_urls()?,
         stream: nats.stream.clone(),
         replicas: nats.replicas,
+        snapshots: SnapshotPolicy {
+            every: nats.snapshot_every,
+            after: nats.snapshot_after,
+        },
     };
     let dir = Some(config.log.dir.as_path()).filter(|dir| !dir.as_os_str().is_empty());
     let writable = !config.sources.is_empty();

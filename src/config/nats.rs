@@ -1,8 +1,9 @@
 //! `[log] backend` and `[log.nats]`: where the shared log lives when it is not the embedded
 //! SQLite file (DESIGN.md, "Scale-out on NATS JetStream").
 
-use super::Problem;
+use super::{duration_text, Problem};
 use serde::Deserialize;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -25,6 +26,20 @@ pub struct NatsConfig {
     /// JetStream replicas of the log stream (1..=5; at most the cluster's size).
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// The active ingest node snapshots the log (and compacts the stream) this often...
+    #[serde(default = "default_snapshot_every", with = "duration_text")]
+    pub snapshot_every: Duration,
+    /// ...or after this many stream messages, whichever comes first.
+    #[serde(default = "default_snapshot_after")]
+    pub snapshot_after: u64,
+}
+
+fn default_snapshot_every() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_snapshot_after() -> u64 {
+    100_000
 }
 
 fn default_stream() -> String {
@@ -96,6 +111,12 @@ impl NatsConfig {
                 "replicas = {}: JetStream keeps 1 to 5 replicas (3 for a 3-node cluster)",
                 self.replicas
             )));
+        }
+        if self.snapshot_after == 0 || self.snapshot_every.is_zero() {
+            return Err(problem(
+                "snapshot_every and snapshot_after must be above zero (defaults: \"10m\", 100000)"
+                    .into(),
+            ));
         }
         Ok(())
     }

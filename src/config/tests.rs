@@ -213,3 +213,20 @@ fn the_deploy_examples_for_a_nats_cluster_load() {
     assert!(serve.sources.is_empty());
     assert!(serve.log.dir.as_os_str().is_empty());
 }
+
+#[test]
+fn nats_snapshot_settings_have_defaults_and_are_checked() {
+    let nats = load_text(NATS_SERVE).unwrap().log.nats.unwrap();
+    assert_eq!(nats.snapshot_every, std::time::Duration::from_secs(600));
+    assert_eq!(nats.snapshot_after, 100_000);
+    let set = NATS_SERVE.replace(
+        "[log.nats]\n",
+        "[log.nats]\nsnapshot_every = \"30s\"\nsnapshot_after = 500\n",
+    );
+    let nats = load_text(&set).unwrap().log.nats.unwrap();
+    assert_eq!(nats.snapshot_every, std::time::Duration::from_secs(30));
+    assert_eq!(nats.snapshot_after, 500);
+    let zero = NATS_SERVE.replace("[log.nats]\n", "[log.nats]\nsnapshot_after = 0\n");
+    let problem = load_text(&zero).unwrap_err().to_string();
+    assert!(problem.contains("snapshot_after"), "{problem}");
+}

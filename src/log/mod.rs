@@ -98,7 +98,8 @@ impl Log {
     }
 
     /// Opens the shared log in a NATS JetStream cluster (`log.backend = "nats"`): connects,
-    /// rebuilds this node's materialization from the stream and follows it. `writable` on an
+    /// rebuilds this node's materialization from the newest snapshot and the stream after it,
+    /// and follows the stream. `writable` on an
     /// ingest node. The materialization lives in `dir/nats` (rebuilt at every start) or, with no
     /// `dir`, in a temporary directory.
     pub async fn open_nats(
@@ -112,13 +113,30 @@ impl Log {
         let stream = nats::cluster::log_stream(&js, settings).await?;
         let bucket = nats::cluster::meta_bucket(&js, settings).await?;
         let epoch = nats::cluster::epoch(&bucket).await?;
+        let snapshot_bucket = nats::snapshot::bucket(&js, settings).await?;
         let (dir, scratch) = nats::materialization_dir(dir, settings)?;
+        // The newest snapshot (its epoch, seqs, positions and purge mark), then the stream after it.
+        let restored = nats::snapshot::restore(&snapshot_bucket, &stream, &dir).await?;
         let mut writer = LogWriter::open_scoped(&dir, scopes)?;
-        writer.adopt_epoch(epoch)?;
+        if writer.epoch() != epoch {
+            match restored {
+                0 => writer.adopt_epoch(epoch)?,
+                _ => {
+                    return Err(LogError::Corrupt(format!(
+                        "the log snapshot has epoch {}, the meta bucket {epoch}",
+                        writer.epoch()
+                    )))
+                }
+            }
+        }
         let started = Started::start(writer, &dir)?;
         let node = rand::random::<u64>();
         let waiters = Arc::default();
-        let (applied_tx, applied) = watch::channel(0);
+        let (applied_tx, applied) = watch::channel(restored);
+        let (role_tx, role) = watch::channel(match writable {
+            true => Role::Standby,
+            false => Role::Serve,
+        });
         let materializer = nats::Materializer {
             client: js.client(),
             subject: settings.subject(),
@@ -127,6 +145,14 @@ impl Log {
             node,
             waiters: Arc::clone(&waiters),
             applied: applied_tx,
+            snapshots: nats::snapshot::Snapshots::new(
+                snapshot_bucket,
+                stream.clone(),
+                dir.clone(),
+                settings.snapshots,
+                role.clone(),
+                restored,
+            ),
         };
         let death = nats::watch_death(started.death.clone(), materializer);
         let js_for_node = js.clone();
@@ -144,10 +170,6 @@ impl Log {
         .await?;
         backend.catch_up().await?;
         let backend = Arc::new(backend);
-        let (role_tx, role) = watch::channel(match writable {
-            true => Role::Standby,
-            false => Role::Serve,
-        });
         let node = nats::node::NatsNode {
             backend: backend.clone(),
             js: js_for_node,

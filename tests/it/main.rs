@@ -28,6 +28,7 @@ mod mongo_wire_driver;
 mod mongo_with_postgres;
 mod nats_failover;
 mod nats_log;
+mod nats_snapshot;
 mod ops_check;
 mod ops_shutdown;
 mod ops_systemd;

@@ -11,6 +11,8 @@ pub struct NatsSettings {
     pub urls: Vec<String>,
     pub stream: String,
     pub replicas: usize,
+    /// When the active ingest node snapshots the log and compacts the stream.
+    pub snapshots: super::snapshot::SnapshotPolicy,
 }
 
 impl NatsSettings {
@@ -22,6 +24,11 @@ impl NatsSettings {
     /// The KV bucket of the log's epoch (and, for ingest roles, the lease).
     pub fn meta_bucket(&self) -> String {
         format!("{}_meta", self.stream)
+    }
+
+    /// The object store bucket of the log's snapshots (see `snapshot.rs`).
+    pub fn snapshot_bucket(&self) -> String {
+        format!("{}_snapshots", self.stream)
     }
 }
 
@@ -47,7 +54,7 @@ pub async fn connect(settings: &NatsSettings) -> Result<jetstream::Context, LogE
 const PLACEMENT_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Retries `attempt` while the cluster is not ready yet, up to [`PLACEMENT_PATIENCE`].
-async fn patiently<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, LogError>
+pub(super) async fn patiently<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, LogError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, LogError>>,

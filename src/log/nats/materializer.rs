@@ -69,6 +69,8 @@ pub(crate) struct Materializer {
     pub waiters: Arc<Waiters>,
     /// The last stream sequence applied.
     pub applied: watch::Sender<u64>,
+    /// Snapshots the materialization and compacts the stream (on the active node).
+    pub snapshots: super::snapshot::Snapshots,
 }
 
 impl Materializer {
@@ -106,16 +108,18 @@ impl Materializer {
                 .map_err(|e| retry("reading the stream's end", &e))?;
             let mut next = *self.applied.borrow() + 1;
             while next <= end {
-                let message = self
-                    .stream
-                    .get_raw_message(next)
-                    .await
-                    .map_err(|e| retry(&format!("reading stream message {next}"), &e))?;
+                let message = match self.stream.get_raw_message(next).await {
+                    Ok(message) => message,
+                    Err(e) => return Err(self.missing(next, e).await),
+                };
                 let command = decode(&message.payload).map_err(|e| {
                     Fatal::Stop(format!("stream message {next} is not a log command: {e}"))
                 })?;
-                self.apply(command, block).await?;
+                let committed = self.apply(command, block).await?;
                 self.applied.send_replace(next);
+                if committed {
+                    self.snapshots.after_commit(next).await;
+                }
                 next += 1;
             }
             if let Ok(None) = tokio::time::timeout(QUIET_RECHECK, bell.next()).await {
@@ -126,8 +130,27 @@ impl Materializer {
         }
     }
 
-    async fn apply(&self, command: WireCommand, block: &mut Block) -> Result<(), Fatal> {
+    /// Why message `next` could not be read: for now (retry), or for good when a compaction
+    /// purged it before this node applied it (it lagged by more than a snapshot interval).
+    async fn missing(&self, next: u64, error: impl std::fmt::Display) -> Fatal {
+        let purged = match self.stream.get_info().await {
+            Ok(info) => info.state.first_sequence > next,
+            Err(_) => false,
+        };
+        match purged {
+            true => Fatal::Stop(format!(
+                "stream message {next} was compacted away before this node applied it; \
+                 restart the node to load the newest snapshot"
+            )),
+            false => Fatal::Retry(format!("reading stream message {next}: {error}")),
+        }
+    }
+
+    /// Applies one command; `true` when it ended a block with a commit (the local log holds
+    /// exactly the state after it, a point to snapshot at).
+    async fn apply(&self, command: WireCommand, block: &mut Block) -> Result<bool, Fatal> {
         let stopped = || Fatal::Stop("the log writer has stopped".into());
+        let mut committed = false;
         match command {
             WireCommand::Begin => {
                 *block = Block::default();
@@ -177,6 +200,7 @@ impl Materializer {
                 })
                 .await?;
                 let result = answer.await.map_err(|_| stopped())?;
+                committed = result.is_ok();
                 self.answer(waiter, Reply::Committed(result));
             }
             WireCommand::ResetSource { source, waiter } => {
@@ -195,7 +219,7 @@ impl Materializer {
                 self.answer(waiter, Reply::Purged(result));
             }
         }
-        Ok(())
+        Ok(committed)
     }
 
     fn answer(&self, waiter: super::wire::Waiter, reply: Reply) {

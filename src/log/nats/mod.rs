@@ -12,6 +12,7 @@ pub mod cluster;
 mod lease;
 mod materializer;
 pub mod node;
+pub mod snapshot;
 mod wire;
 
 use super::actor::Command;
@@ -319,8 +320,8 @@ impl LogBackend for NatsBackend {
     }
 }
 
-/// Where this node materializes the log: `dir/nats`, emptied first (the stream is the truth,
-/// and seqs only match other nodes' when built from the stream's start), or a temporary
+/// Where this node materializes the log: `dir/nats`, emptied first (the stream and its
+/// snapshots are the truth: seqs only match other nodes' when built from them), or a temporary
 /// directory removed when the node stops.
 pub(crate) fn materialization_dir(
     dir: Option<&std::path::Path>,
@@ -348,7 +349,8 @@ pub(crate) fn materialization_dir(
         Err(e) => return Err(dir_error(e)),
     }
     std::fs::create_dir_all(&path).map_err(dir_error)?;
-    Ok((path.clone(), scratch.then_some(ScratchDir(path))))
+    // `then`, not `then_some`: a `ScratchDir` built and dropped would remove the directory.
+    Ok((path.clone(), scratch.then(|| ScratchDir(path))))
 }
 
 /// The log's death: the writer thread's, or the materializer's when it cannot go on.
