@@ -58,6 +58,8 @@ fn main() {
         urls: cluster.urls(),
         stream: "BENCH".into(),
         replicas: 3,
+        // The defaults a deployment gets (a snapshot every 10 min or 100,000 messages).
+        snapshots: Default::default(),
     };
     let nats = runtime.block_on(async {
         let log = Log::open_nats(&settings, Some(nats_dir.path()), ScopeColumns::new(), true)

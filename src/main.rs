@@ -184,11 +184,7 @@ async fn check(config: &Config) -> anyhow::Result<()> {
     if let (deltarelay::config::LogBackendKind::Nats, Some(nats)) =
         (config.log.backend, &config.log.nats)
     {
-        let settings = deltarelay::log::nats::cluster::NatsSettings {
-            urls: nats.resolve_urls()?,
-            stream: nats.stream.clone(),
-            replicas: nats.replicas,
-        };
+        let settings = deltarelay::log::nats::cluster::NatsSettings::from_config(nats)?;
         for result in deltarelay::log::nats::check::check(&settings).await {
             println!("{result}");
             results.push(result);

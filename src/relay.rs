@@ -4,7 +4,6 @@ use crate::auth::{Access, Verifier};
 use crate::config::{AuthMode, Config, LogBackendKind};
 use crate::http::{self, AppState};
 use crate::log::nats::cluster::NatsSettings;
-use crate::log::nats::snapshot::SnapshotPolicy;
 use crate::log::Log;
 use crate::source::SourceSpec;
 use crate::systemd;
@@ -149,15 +148,7 @@ async fn open_log(config: &Config) -> anyhow::Result<Log> {
             return Ok(log);
         }
     };
-    let settings = NatsSettings {
-        urls: nats.resolve_urls()?,
-        stream: nats.stream.clone(),
-        replicas: nats.replicas,
-        snapshots: SnapshotPolicy {
-            every: nats.snapshot_every,
-            after: nats.snapshot_after,
-        },
-    };
+    let settings = NatsSettings::from_config(nats)?;
     let dir = Some(config.log.dir.as_path()).filter(|dir| !dir.as_os_str().is_empty());
     let writable = !config.sources.is_empty();
     let log = Log::open_nats(&settings, dir, scopes, writable)

@@ -16,6 +16,21 @@ pub struct NatsSettings {
 }
 
 impl NatsSettings {
+    /// The settings of `[log.nats]`.
+    pub fn from_config(
+        config: &crate::config::NatsConfig,
+    ) -> Result<NatsSettings, crate::config::Problem> {
+        Ok(NatsSettings {
+            urls: config.resolve_urls()?,
+            stream: config.stream.clone(),
+            replicas: config.replicas,
+            snapshots: super::snapshot::SnapshotPolicy {
+                every: config.snapshot_every,
+                after: config.snapshot_after,
+            },
+        })
+    }
+
     /// The one subject the stream holds: every log command, in order.
     pub fn subject(&self) -> String {
         format!("deltarelay.{}.log", self.stream)
