@@ -1,7 +1,8 @@
 //! The shared log on NATS JetStream end to end: a private 3-node `nats-server` cluster, one
 //! ingest node (a Postgres source) and two serve-only, stateless nodes. A writer changes
-//! Postgres while an SSE client reads from one serve node and moves to the other with its
-//! `Last-Event-ID`; the ingest node is killed (-9) and restarted in between.
+//! Postgres while an SSE client reads from one serve node; the ingest node is killed (-9) and
+//! restarted; then the serve node under the client is killed (-9), the client moves to the
+//! other with its `Last-Event-ID`, and the killed node comes back (stateless) and catches up.
 
 use deltarelay::record::ChangeRecord;
 use serde_json::Value;
@@ -115,7 +116,7 @@ pub(crate) fn seq(cursor: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_change_once_across_an_ingest_crash_and_a_client_moving_between_serve_nodes() {
+async fn every_change_once_across_an_ingest_crash_and_a_serve_node_crash_under_a_client() {
     testkit::skip_unless!(testkit::nats::available(), "nats-server is not installed");
     let pg = PgServer::start();
     pg.psql(
@@ -170,12 +171,24 @@ async fn every_change_once_across_an_ingest_crash_and_a_client_moving_between_se
     write_batch(&pg, 201, 100);
     read_for_a_while(&mut client, &mut seen, Duration::from_secs(1)).await;
 
-    // The client moves to the other serve node with the last cursor it saw.
+    // The serve node under the client dies without a word: the client moves to the other one
+    // with the last cursor it saw, and the dead node starts again from the shared log.
+    serve_a.kill();
     drop(client);
     let last = seen.last().expect("events before the move").cursor.clone();
     let mut client = SseClient::connect(addr_b, "/v1/stream", Some(&last)).await;
     assert_eq!(client.status, 200);
-    write_batch(&pg, 301, 100);
+    write_batch(&pg, 301, 50);
+    serve_a.spawn();
+    wait_until(
+        Duration::from_secs(60),
+        "the killed serve node back",
+        || {
+            serve_a.assert_running();
+            http_status(addr_a, "/readyz") == Some(200)
+        },
+    );
+    write_batch(&pg, 351, 50);
     pg.psql("app", &format!("INSERT INTO events VALUES ({MARKER}, -1)"));
     read_until_marker(&mut client, &mut seen).await;
     ingest.assert_running();
@@ -207,15 +220,16 @@ async fn every_change_once_across_an_ingest_crash_and_a_client_moving_between_se
         pg.table_state("app", "items", &["id"])
     );
 
-    // Every node holds the same log, cursor for cursor, and it equals the database.
-    let log_a = whole_log(addr_a).await;
+    // Every node holds the same log, cursor for cursor (the restarted one too, once it caught
+    // up), and it equals the database.
+    let log_b = whole_log(addr_b).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let (log_b, log_ingest) = loop {
-        let (b, i) = (whole_log(addr_b).await, whole_log(ingest_addr).await);
-        if (b.len() == log_a.len() && i.len() == log_a.len())
+    let (log_a, log_ingest) = loop {
+        let (a, i) = (whole_log(addr_a).await, whole_log(ingest_addr).await);
+        if (a.len() == log_b.len() && i.len() == log_b.len())
             || std::time::Instant::now() > deadline
         {
-            break (b, i);
+            break (a, i);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
