@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use testkit::bench::*;
 use testkit::free_port;
 use testkit::http::{get, record_of, SseClient};
-use testkit::nats::{log_section, NatsCluster};
+use testkit::nats::NatsCluster;
 use testkit::pg::PgServer;
 use testkit::relay::{RelayProcess, SLOT};
 use tokio::sync::{mpsc, Semaphore};
@@ -92,19 +92,14 @@ fn main() {
     );
 }
 
-fn ingest_config(pg: &PgServer, nats: &NatsCluster, dir: &Path, port: u16, stream: &str) -> String {
-    format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n{log}\n[[sources]]\nname = \"app_pg\"\nkind = \"postgres\"\nurl = {url:?}\nslot = \"{SLOT}\"\npublication = \"{SLOT}\"\ntables = [\"public.events\"]\n",
-        log = log_section(nats, Some(&dir.join("log")), stream),
-        url = pg.url("app"),
-    )
+/// A serve-only node with no limit on streams or requests (the clients come from one address).
+fn serve_config(nats: &NatsCluster, port: u16, stream: &str) -> String {
+    testkit::nats::serve_config(nats, port, stream)
+        + "\n[limits]\nmax_streams = 100000\nrequests_per_second = 0\n"
 }
 
-fn serve_config(nats: &NatsCluster, port: u16, stream: &str) -> String {
-    format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n{}\n[limits]\nmax_streams = 100000\nrequests_per_second = 0\n",
-        log_section(nats, None, stream)
-    )
+fn ingest_config(pg: &PgServer, nats: &NatsCluster, dir: &Path, port: u16, stream: &str) -> String {
+    testkit::nats::ingest_config(pg, nats, dir, port, stream, &["public.events"])
 }
 
 /// A relay started from `config` in a new temp dir, ready to serve reads.
