@@ -4,9 +4,9 @@
 //! acknowledged by the stream (3 replicas on a private 3-node `nats-server` cluster on
 //! loopback) and applied to this node's materialization.
 //!
-//! `cargo bench --bench nats`; `DELTARELAY_BENCH_SCALE=0.01` for a smoke run. The failover
-//! time is measured by `tests/it/nats_failover.rs` (it prints it). It prints its figures and
-//! never fails on timing.
+//! `cargo bench --bench nats`; `DELTARELAY_BENCH_SCALE=0.01` for a smoke run. Serving from
+//! NATS (fan-out over serve nodes) and the failover time are in `benches/nats_serve.rs`. It
+//! prints its figures and never fails on timing.
 
 use deltarelay::log::nats::cluster::NatsSettings;
 use deltarelay::log::scope::ScopeColumns;

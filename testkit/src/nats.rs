@@ -195,3 +195,31 @@ pub fn log_section(cluster: &NatsCluster, dir: Option<&Path>, stream: &str) -> S
         cluster.urls_toml()
     )
 }
+
+/// A config for an ingest node of the shared log: the Postgres source of database `app` on
+/// `tables` (slot and publication [`crate::relay::SLOT`]), its local state under `dir`.
+pub fn ingest_config(
+    pg: &crate::pg::PgServer,
+    nats: &NatsCluster,
+    dir: &Path,
+    port: u16,
+    stream: &str,
+    tables: &[&str],
+) -> String {
+    let slot = crate::relay::SLOT;
+    let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
+    format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n{log}\n[[sources]]\nname = \"app_pg\"\nkind = \"postgres\"\nurl = {url:?}\nslot = \"{slot}\"\npublication = \"{slot}\"\ntables = [{tables}]\n",
+        log = log_section(nats, Some(&dir.join("log")), stream),
+        url = pg.url("app"),
+        tables = tables.join(", "),
+    )
+}
+
+/// A config for a serve-only (stateless) node of the shared log.
+pub fn serve_config(nats: &NatsCluster, port: u16, stream: &str) -> String {
+    format!(
+        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
+        log_section(nats, None, stream)
+    )
+}

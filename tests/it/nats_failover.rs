@@ -4,8 +4,8 @@
 //! client reading a serve node sees every change exactly once.
 
 use super::nats_log::{
-    ingest_config, read_for_a_while, read_until_marker, seq, serve_config, start_ready, whole_log,
-    write_batch, MARKER,
+    ingest_config, read_for_a_while, read_until_marker, seq, start_ready, whole_log, write_batch,
+    MARKER,
 };
 use deltarelay::record::ChangeRecord;
 use serde_json::Value;
@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use testkit::free_port;
 use testkit::http::{get, SseClient};
-use testkit::nats::NatsCluster;
+use testkit::nats::{serve_config, NatsCluster};
 use testkit::pg::PgServer;
 use testkit::relay::{client_state, http_status, wait_until, RelayProcess};
 

@@ -10,12 +10,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use testkit::http::{get, record_of, SseClient};
-use testkit::nats::{log_section, NatsCluster};
+use testkit::nats::{serve_config, NatsCluster};
 use testkit::pg::PgServer;
-use testkit::relay::{client_state, wait_streaming, wait_until, RelayProcess, SLOT};
+use testkit::relay::{client_state, wait_streaming, wait_until, RelayProcess};
 use testkit::{free_port, relay::http_status};
 
 pub(crate) const MARKER: i64 = 1_000_000;
+
+/// The tables the NATS tests replicate.
+const TABLES: &[&str] = &["public.events", "public.items"];
 
 pub(crate) fn ingest_config(
     pg: &PgServer,
@@ -24,18 +27,7 @@ pub(crate) fn ingest_config(
     port: u16,
     stream: &str,
 ) -> String {
-    format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n{log}\n[[sources]]\nname = \"app_pg\"\nkind = \"postgres\"\nurl = {url:?}\nslot = \"{SLOT}\"\npublication = \"{SLOT}\"\ntables = [\"public.events\", \"public.items\"]\n",
-        log = log_section(nats, Some(&dir.join("log")), stream),
-        url = pg.url("app"),
-    )
-}
-
-pub(crate) fn serve_config(nats: &NatsCluster, port: u16, stream: &str) -> String {
-    format!(
-        "[http]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
-        log_section(nats, None, stream)
-    )
+    testkit::nats::ingest_config(pg, nats, dir, port, stream, TABLES)
 }
 
 /// Starts a relay and waits until it serves reads.
