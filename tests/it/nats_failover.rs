@@ -4,8 +4,8 @@
 //! client reading a serve node sees every change exactly once.
 
 use super::nats_log::{
-    ingest_config, read_for_a_while, read_until_marker, seq, start_ready, whole_log, write_batch,
-    MARKER,
+    assert_exactly_the_database, ingest_config, read_for_a_while, read_until_marker, start_ready,
+    whole_log, write_batch, MARKER,
 };
 use deltarelay::record::ChangeRecord;
 use serde_json::Value;
@@ -15,7 +15,7 @@ use testkit::free_port;
 use testkit::http::{get, SseClient};
 use testkit::nats::{serve_config, NatsCluster};
 use testkit::pg::PgServer;
-use testkit::relay::{client_state, http_status, wait_until, RelayProcess};
+use testkit::relay::{http_status, wait_until, RelayProcess};
 
 async fn status(addr: SocketAddr) -> Value {
     get(addr, "/v1/status", &[]).await.json()
@@ -147,29 +147,7 @@ async fn a_standby_takes_over_from_a_killed_active_and_nothing_is_lost_or_double
     second.assert_running();
     serve.assert_running();
 
-    let seqs: Vec<u64> = seen.iter().map(|r| seq(&r.cursor)).collect();
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "cursors went backwards or repeated"
-    );
-    let mut event_ids: Vec<i64> = seen
-        .iter()
-        .filter(|r| r.collection == "public.events")
-        .map(|r| r.key.as_ref().unwrap()["id"].as_i64().unwrap())
-        .collect();
-    event_ids.sort_unstable();
-    let mut expected: Vec<i64> = (1..=400).collect();
-    expected.push(MARKER);
-    assert_eq!(event_ids, expected, "every event once");
-    let state = client_state(&seen);
-    assert_eq!(
-        state["public.events"],
-        pg.table_state("app", "events", &["id"])
-    );
-    assert_eq!(
-        state["public.items"],
-        pg.table_state("app", "items", &["id"])
-    );
+    assert_exactly_the_database(&seen, &pg, 400);
 
     // The standby's and the serve node's logs are the same, cursor for cursor.
     let deadline = Instant::now() + Duration::from_secs(30);

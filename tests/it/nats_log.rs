@@ -107,6 +107,34 @@ pub(crate) fn seq(cursor: &str) -> u64 {
     cursor.split_once('-').unwrap().1.parse().unwrap()
 }
 
+/// What a client (or a node's log) read holds: cursors only growing, every event row
+/// `1..=events` and the marker exactly once, and the state of both tables as Postgres has it.
+pub(crate) fn assert_exactly_the_database(records: &[ChangeRecord], pg: &PgServer, events: i64) {
+    let seqs: Vec<u64> = records.iter().map(|r| seq(&r.cursor)).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "cursors went backwards or repeated"
+    );
+    let mut event_ids: Vec<i64> = records
+        .iter()
+        .filter(|r| r.collection == "public.events")
+        .map(|r| r.key.as_ref().unwrap()["id"].as_i64().unwrap())
+        .collect();
+    event_ids.sort_unstable();
+    let mut expected: Vec<i64> = (1..=events).collect();
+    expected.push(MARKER);
+    assert_eq!(event_ids, expected, "every event once");
+    let state = client_state(records);
+    assert_eq!(
+        state["public.events"],
+        pg.table_state("app", "events", &["id"])
+    );
+    assert_eq!(
+        state["public.items"],
+        pg.table_state("app", "items", &["id"])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_once_across_an_ingest_crash_and_a_serve_node_crash_under_a_client() {
     testkit::skip_unless!(testkit::nats::available(), "nats-server is not installed");
@@ -188,29 +216,7 @@ async fn every_change_once_across_an_ingest_crash_and_a_serve_node_crash_under_a
     serve_b.assert_running();
 
     // No gap, no duplicate: cursors only grow, and every event row arrived exactly once.
-    let seqs: Vec<u64> = seen.iter().map(|r| seq(&r.cursor)).collect();
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "cursors went backwards or repeated"
-    );
-    let mut event_ids: Vec<i64> = seen
-        .iter()
-        .filter(|r| r.collection == "public.events")
-        .map(|r| r.key.as_ref().unwrap()["id"].as_i64().unwrap())
-        .collect();
-    event_ids.sort_unstable();
-    let mut expected: Vec<i64> = (1..=400).collect();
-    expected.push(MARKER);
-    assert_eq!(event_ids, expected, "every event once");
-    let state = client_state(&seen);
-    assert_eq!(
-        state["public.events"],
-        pg.table_state("app", "events", &["id"])
-    );
-    assert_eq!(
-        state["public.items"],
-        pg.table_state("app", "items", &["id"])
-    );
+    assert_exactly_the_database(&seen, &pg, 400);
 
     // Every node holds the same log, cursor for cursor (the restarted one too, once it caught
     // up), and it equals the database.
@@ -231,15 +237,7 @@ async fn every_change_once_across_an_ingest_crash_and_a_serve_node_crash_under_a
         .into_iter()
         .map(|r| serde_json::from_value(r).unwrap())
         .collect();
-    let state = client_state(&records);
-    assert_eq!(
-        state["public.events"],
-        pg.table_state("app", "events", &["id"])
-    );
-    assert_eq!(
-        state["public.items"],
-        pg.table_state("app", "items", &["id"])
-    );
+    assert_exactly_the_database(&records, &pg, 400);
 }
 
 /// `deltarelay check` for the shared log, run as the binary an operator runs.

@@ -6,7 +6,9 @@
 //! than skip what was purged; the ingest node killed (-9) after a purge and restarted
 //! delivers every change exactly once.
 
-use super::nats_log::{seq, start_ready, whole_log, write_batch, MARKER};
+use super::nats_log::{
+    assert_exactly_the_database, seq, start_ready, whole_log, write_batch, MARKER,
+};
 use deltarelay::log::nats::cluster::{self, NatsSettings};
 use deltarelay::log::nats::snapshot::SnapshotPolicy;
 use deltarelay::record::ChangeRecord;
@@ -277,29 +279,7 @@ async fn the_stream_is_compacted_by_snapshots_and_every_node_serves_the_same_log
         .iter()
         .map(|r| serde_json::from_value(r.clone()).unwrap())
         .collect();
-    let seqs: Vec<u64> = records.iter().map(|r| seq(&r.cursor)).collect();
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "cursors not increasing"
-    );
-    let mut event_ids: Vec<i64> = records
-        .iter()
-        .filter(|r| r.collection == "public.events")
-        .map(|r| r.key.as_ref().unwrap()["id"].as_i64().unwrap())
-        .collect();
-    event_ids.sort_unstable();
-    let mut expected: Vec<i64> = (1..=450).collect();
-    expected.push(MARKER);
-    assert_eq!(event_ids, expected, "every event once");
-    let state = client_state(&records);
-    assert_eq!(
-        state["public.events"],
-        pg.table_state("app", "events", &["id"])
-    );
-    assert_eq!(
-        state["public.items"],
-        pg.table_state("app", "items", &["id"])
-    );
+    assert_exactly_the_database(&records, &pg, 450);
 
     // The cursor from before the purges goes on at the new node: no gap, no duplicate.
     let rest = log_after(late_addr, &mid_cursor).await;
