@@ -13,21 +13,16 @@
 //! `DELTARELAY_BENCH_PERF=<dir>` records the relay during each phase with `perf record`
 //! (`<dir>/fanout-<clients>.data`). It prints its figures and never fails on timing.
 
-use memchr::memmem;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testkit::bench::*;
 use testkit::free_port;
 use testkit::pg::PgServer;
 use testkit::relay::postgres_config;
-use tokio::sync::{mpsc, Semaphore};
+use testkit::sse_clients::SseClients;
 
 /// Clients whose every event is timed (the others only count theirs).
 const SAMPLED: usize = 20;
-/// Connections opened at once (the relay's listen backlog is 1024).
-const CONNECTING: usize = 256;
 /// Every change must reach every client; no progress for this long is an error.
 const STALL: Duration = Duration::from_secs(60);
 /// Rows per second are committed in ticks of this length (one row per commit at 100/s).
@@ -73,14 +68,14 @@ fn main() {
         let mut next_id = 1 + rows_of(&warm) as i64;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_idle = status_kib(pid, "VmRSS").unwrap_or(0);
-        let mut clients = Clients::default();
+        let mut clients = SseClients::new(SAMPLED);
         for &level in &levels {
             if level + 200 > nofile as usize {
                 println!("  {level} clients: skipped, the open-file limit is {nofile}");
                 continue;
             }
             let started = Instant::now();
-            clients.grow_to(addr, level).await;
+            clients.grow_to(&[addr], level).await;
             let connect_time = started.elapsed();
             eprintln!(
                 "{level} clients connected in {:.1} s",
@@ -98,11 +93,11 @@ fn main() {
             let rows = rows_of(&acks);
             next_id += rows as i64;
             let expected = before + rows * level as u64;
-            clients.wait_for(expected).await;
+            clients.wait_for(expected, STALL).await;
             let took = started.elapsed();
             drop(profile);
             let cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
-            let mut latency = clients.latencies(&acks).await;
+            let mut latency = clients.latencies(&acks);
             results.push(Level {
                 clients: level,
                 connect: connect_time,
@@ -173,117 +168,4 @@ fn raise_open_files() -> u64 {
         }
     }
     limit.rlim_cur
-}
-
-/// The connected clients: each counts its change events; the sampled ones report every event.
-#[derive(Default)]
-struct Clients {
-    counters: Vec<Arc<AtomicU64>>,
-    samples: Vec<mpsc::UnboundedReceiver<(i64, Instant)>>,
-}
-
-impl Clients {
-    /// Connects clients until there are `n`, each from the log's head, and waits until each
-    /// has its `ready` event.
-    async fn grow_to(&mut self, addr: SocketAddr, n: usize) {
-        let status = testkit::http::get(addr, "/v1/status", &[]).await.json();
-        let head = status["log"]["head_cursor"]
-            .as_str()
-            .expect("status has log.head_cursor")
-            .to_string();
-        let gate = Arc::new(Semaphore::new(CONNECTING));
-        let (ready_tx, mut ready_rx) = mpsc::channel::<()>(n.max(1));
-        let adding = n.saturating_sub(self.counters.len());
-        for i in 0..adding {
-            let counter = Arc::new(AtomicU64::new(0));
-            self.counters.push(counter.clone());
-            let sample = if self.samples.len() < SAMPLED && i % (adding / SAMPLED).max(1) == 0 {
-                let (tx, rx) = mpsc::unbounded_channel();
-                self.samples.push(rx);
-                Some(tx)
-            } else {
-                None
-            };
-            let permit = gate.clone().acquire_owned().await.expect("semaphore");
-            let ready = ready_tx.clone();
-            let path = format!("/v1/stream?since={head}");
-            tokio::spawn(async move {
-                follow(addr, &path, counter, sample, ready, permit).await;
-            });
-        }
-        drop(ready_tx);
-        for _ in 0..adding {
-            ready_rx
-                .recv()
-                .await
-                .expect("a client ended before its ready event");
-        }
-    }
-
-    fn delivered(&self) -> u64 {
-        self.counters
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// Waits until `expected` events have been delivered in all; panics when delivery stalls.
-    async fn wait_for(&self, expected: u64) {
-        let mut last = self.delivered();
-        let mut progress = Instant::now();
-        while last < expected {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let now = self.delivered();
-            if now > last {
-                last = now;
-                progress = Instant::now();
-            }
-            assert!(
-                progress.elapsed() < STALL,
-                "delivery stalled at {last} of {expected} events"
-            );
-        }
-        assert_eq!(last, expected, "more events delivered than committed");
-    }
-
-    /// Milliseconds from acknowledgement to arrival of every row in `acks`, on every sampled
-    /// client.
-    async fn latencies(&mut self, acks: &[Acked]) -> Vec<f64> {
-        let mut all = Vec::new();
-        for sample in &mut self.samples {
-            let mut got = Vec::new();
-            while let Ok(arrival) = sample.try_recv() {
-                got.push(arrival);
-            }
-            let (values, missing) = latencies_ms(acks, &got);
-            assert_eq!(missing, 0, "a sampled client missed rows");
-            all.extend(values);
-        }
-        all
-    }
-}
-
-/// One SSE client: counts the change events it reads; when sampled, reports each one's key
-/// and arrival time.
-async fn follow(
-    addr: SocketAddr,
-    path: &str,
-    counter: Arc<AtomicU64>,
-    sample: Option<mpsc::UnboundedSender<(i64, Instant)>>,
-    ready: mpsc::Sender<()>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    const CHANGE: &[u8] = b"event: change\n";
-    read_sse(addr, path, ready, permit, |lines, now| {
-        let changes = memmem::find_iter(lines, CHANGE).count() as u64;
-        if changes > 0 {
-            counter.fetch_add(changes, Ordering::Relaxed);
-        }
-        if let Some(sample) = &sample {
-            for id in data_lines(lines).filter_map(key_id) {
-                let _ = sample.send((id, now));
-            }
-        }
-    })
-    .await
 }

@@ -15,11 +15,10 @@
 //! its figures and never fails on timing. All nodes share this machine's cores, so more serve
 //! nodes here show the cost of the extra NATS consumers, not the gain of more machines.
 
-use memchr::memmem;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testkit::bench::*;
@@ -28,8 +27,7 @@ use testkit::http::{get, record_of, SseClient};
 use testkit::nats::NatsCluster;
 use testkit::pg::PgServer;
 use testkit::relay::{RelayProcess, SLOT};
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
+use testkit::sse_clients::SseClients;
 
 /// Clients whose every event is timed (the others only count theirs).
 const SAMPLED: usize = 12;
@@ -187,15 +185,16 @@ async fn fan_out(pg: &PgServer, nats: &NatsCluster) -> Vec<Spread> {
     let mut results = Vec::new();
     for nodes in 1..=3 {
         let addrs: Vec<SocketAddr> = serve[..nodes].iter().map(|n| n.addr).collect();
-        let mut group = Clients::connect(&addrs, clients).await;
+        let mut group = SseClients::new(SAMPLED);
+        group.grow_to(&addrs, clients).await;
         let started = Instant::now();
         let acks = write_paced(&writer, next_id, RATE, TICK, phase).await;
         let rows = rows_of(&acks);
         next_id += rows as i64;
-        group.wait_for(rows * clients as u64).await;
+        group.wait_for(rows * clients as u64, STALL).await;
         let took = started.elapsed();
         let latency = group.latencies(&acks);
-        group.close();
+        drop(group);
         eprintln!("{nodes} serve node(s): done in {:.1} s", took.as_secs_f64());
         results.push(Spread {
             nodes,
@@ -212,119 +211,6 @@ async fn fan_out(pg: &PgServer, nats: &NatsCluster) -> Vec<Spread> {
     }
     ingest.relay.terminate();
     results
-}
-
-/// SSE clients spread round-robin over some serve nodes: each counts its change events; the
-/// sampled ones report each event's key and arrival time.
-struct Clients {
-    counters: Vec<Arc<AtomicU64>>,
-    samples: Vec<mpsc::UnboundedReceiver<(i64, Instant)>>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Clients {
-    /// Connects `n` clients from each node's head and waits for each one's `ready` event.
-    async fn connect(addrs: &[SocketAddr], n: usize) -> Clients {
-        let mut heads = Vec::new();
-        for &addr in addrs {
-            let head = status(addr).await["log"]["head_cursor"]
-                .as_str()
-                .expect("status has log.head_cursor")
-                .to_string();
-            heads.push(head);
-        }
-        let gate = Arc::new(Semaphore::new(128));
-        let (ready_tx, mut ready_rx) = mpsc::channel::<()>(n.max(1));
-        let mut group = Clients {
-            counters: Vec::new(),
-            samples: Vec::new(),
-            tasks: Vec::new(),
-        };
-        for i in 0..n {
-            let counter = Arc::new(AtomicU64::new(0));
-            group.counters.push(counter.clone());
-            let sample = if i % (n / SAMPLED).max(1) == 0 && group.samples.len() < SAMPLED {
-                let (tx, rx) = mpsc::unbounded_channel();
-                group.samples.push(rx);
-                Some(tx)
-            } else {
-                None
-            };
-            let permit = gate.clone().acquire_owned().await.expect("semaphore");
-            let ready = ready_tx.clone();
-            let addr = addrs[i % addrs.len()];
-            let path = format!("/v1/stream?since={}", heads[i % addrs.len()]);
-            group.tasks.push(tokio::spawn(async move {
-                const CHANGE: &[u8] = b"event: change\n";
-                read_sse(addr, &path, ready, permit, |lines, now| {
-                    let changes = memmem::find_iter(lines, CHANGE).count() as u64;
-                    counter.fetch_add(changes, Ordering::Relaxed);
-                    if let Some(sample) = &sample {
-                        for id in data_lines(lines).filter_map(key_id) {
-                            let _ = sample.send((id, now));
-                        }
-                    }
-                })
-                .await
-            }));
-        }
-        drop(ready_tx);
-        for _ in 0..n {
-            ready_rx
-                .recv()
-                .await
-                .expect("a client ended before its ready event");
-        }
-        group
-    }
-
-    fn delivered(&self) -> u64 {
-        self.counters
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// Waits until `expected` events have been delivered in all; panics when delivery stalls.
-    async fn wait_for(&self, expected: u64) {
-        let mut last = self.delivered();
-        let mut progress = Instant::now();
-        while last < expected {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let now = self.delivered();
-            if now > last {
-                last = now;
-                progress = Instant::now();
-            }
-            assert!(
-                progress.elapsed() < STALL,
-                "delivery stalled at {last} of {expected} events"
-            );
-        }
-        assert_eq!(last, expected, "more events delivered than committed");
-    }
-
-    /// Milliseconds from acknowledgement to arrival of every row in `acks`, on every sampled
-    /// client.
-    fn latencies(&mut self, acks: &[Acked]) -> Vec<f64> {
-        let mut all = Vec::new();
-        for sample in &mut self.samples {
-            let mut got = Vec::new();
-            while let Ok(arrival) = sample.try_recv() {
-                got.push(arrival);
-            }
-            let (values, missing) = latencies_ms(acks, &got);
-            assert_eq!(missing, 0, "a sampled client missed rows");
-            all.extend(values);
-        }
-        all
-    }
-
-    fn close(self) {
-        for task in self.tasks {
-            task.abort();
-        }
-    }
 }
 
 /// Kills the active ingest node `rounds` times; returns each kill's time to the first change

@@ -21,6 +21,7 @@ pub mod nats;
 pub mod pg;
 pub mod proxy;
 pub mod relay;
+pub mod sse_clients;
 pub mod writes;
 
 /// Whether a test may go ahead: true when `available`. Otherwise the test is skipped —
