@@ -4,8 +4,8 @@
 //! client reading a serve node sees every change exactly once.
 
 use super::nats_log::{
-    assert_exactly_the_database, ingest_config, read_for_a_while, read_until_marker, start_ready,
-    whole_log, write_batch, MARKER,
+    assert_exactly_the_database, fixture_pg, ingest_config, read_for_a_while, read_until_marker,
+    start_ready, whole_log, write_batch, MARKER,
 };
 use deltarelay::record::ChangeRecord;
 use serde_json::Value;
@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use testkit::free_port;
 use testkit::http::{get, SseClient};
 use testkit::nats::{serve_config, NatsCluster};
-use testkit::pg::PgServer;
 use testkit::relay::{http_status, wait_until, RelayProcess};
 
 async fn status(addr: SocketAddr) -> Value {
@@ -50,13 +49,7 @@ fn tail(text: String) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_from_a_killed_active_and_nothing_is_lost_or_doubled() {
     testkit::skip_unless!(testkit::nats::available(), "nats-server is not installed");
-    let pg = PgServer::start();
-    pg.psql(
-        "app",
-        "CREATE TABLE events (id bigint PRIMARY KEY, batch bigint);
-         CREATE TABLE items (id int PRIMARY KEY, qty int);
-         INSERT INTO items SELECT g, 0 FROM generate_series(1, 20) g;",
-    );
+    let pg = fixture_pg();
     let mut nats = NatsCluster::start(3);
     let stream = "IT_FAILOVER";
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];

@@ -103,6 +103,19 @@ pub(crate) async fn read_for_a_while(
     }
 }
 
+/// A private Postgres with the NATS tests' tables: `events` (a row per transaction) and
+/// `items` (20 counters the transactions bump).
+pub(crate) fn fixture_pg() -> PgServer {
+    let pg = PgServer::start();
+    pg.psql(
+        "app",
+        "CREATE TABLE events (id bigint PRIMARY KEY, batch bigint);
+         CREATE TABLE items (id int PRIMARY KEY, qty int);
+         INSERT INTO items SELECT g, 0 FROM generate_series(1, 20) g;",
+    );
+    pg
+}
+
 pub(crate) fn seq(cursor: &str) -> u64 {
     cursor.split_once('-').unwrap().1.parse().unwrap()
 }
@@ -138,13 +151,7 @@ pub(crate) fn assert_exactly_the_database(records: &[ChangeRecord], pg: &PgServe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_once_across_an_ingest_crash_and_a_serve_node_crash_under_a_client() {
     testkit::skip_unless!(testkit::nats::available(), "nats-server is not installed");
-    let pg = PgServer::start();
-    pg.psql(
-        "app",
-        "CREATE TABLE events (id bigint PRIMARY KEY, batch bigint);
-         CREATE TABLE items (id int PRIMARY KEY, qty int);
-         INSERT INTO items SELECT g, 0 FROM generate_series(1, 20) g;",
-    );
+    let pg = fixture_pg();
     let nats = NatsCluster::start(3);
     let stream = "IT_LOG";
     let ingest_dir = tempfile::tempdir().unwrap();

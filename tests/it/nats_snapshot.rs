@@ -7,7 +7,7 @@
 //! delivers every change exactly once.
 
 use super::nats_log::{
-    assert_exactly_the_database, seq, start_ready, whole_log, write_batch, MARKER,
+    assert_exactly_the_database, fixture_pg, seq, start_ready, whole_log, write_batch, MARKER,
 };
 use deltarelay::log::nats::cluster::{self, NatsSettings};
 use deltarelay::log::nats::snapshot::SnapshotPolicy;
@@ -125,13 +125,7 @@ fn write_batches(pg: &PgServer, first: i64, batches: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_is_compacted_by_snapshots_and_every_node_serves_the_same_log() {
     testkit::skip_unless!(testkit::nats::available(), "nats-server is not installed");
-    let pg = PgServer::start();
-    pg.psql(
-        "app",
-        "CREATE TABLE events (id bigint PRIMARY KEY, batch bigint);
-         CREATE TABLE items (id int PRIMARY KEY, qty int);
-         INSERT INTO items SELECT g, 0 FROM generate_series(1, 20) g;",
-    );
+    let pg = fixture_pg();
     let nats = NatsCluster::start(3);
     let ingest_dir = tempfile::tempdir().unwrap();
     let ingest_port = free_port();
@@ -194,7 +188,10 @@ async fn the_stream_is_compacted_by_snapshots_and_every_node_serves_the_same_log
                 "no purge after round {round}: the stream is {now:?}, was {before:?}\n{}",
                 ingest.output()
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // A snapshot (and so a purge) is taken after a commit, once a limit is reached:
+            // a quiet source takes none, so keep committing small transactions.
+            pg.psql("app", "UPDATE items SET qty = qty + 1 WHERE id = 1");
+            tokio::time::sleep(Duration::from_millis(300)).await;
         };
         firsts.push(after.0);
         most_messages = most_messages.max(after.2);
