@@ -42,6 +42,9 @@ impl Default for SnapshotPolicy {
 
 const NAME_PREFIX: &str = "snapshot-";
 
+/// How long storing one snapshot (and compacting the stream after it) may take.
+const STORE_LIMIT: Duration = Duration::from_secs(30);
+
 fn object_name(seq: u64) -> String {
     format!("{NAME_PREFIX}{seq:020}")
 }
@@ -231,9 +234,20 @@ impl Snapshots {
             self.storing.clone(),
         );
         tokio::spawn(async move {
-            match store_and_compact(&bucket, &stream, &file, seq).await {
-                Ok(purged) => tracing::info!(seq, purged, "stored a log snapshot"),
-                Err(e) => tracing::warn!(error = %e, seq, "storing a log snapshot"),
+            // A store that never ends (a JetStream request lost under load) must not stop
+            // every later snapshot: give up on it and let the next one try again. The stream
+            // is only purged after a store completed, so an abandoned one purges nothing.
+            let stored =
+                tokio::time::timeout(STORE_LIMIT, store_and_compact(&bucket, &stream, &file, seq))
+                    .await;
+            match stored {
+                Ok(Ok(purged)) => tracing::info!(seq, purged, "stored a log snapshot"),
+                Ok(Err(e)) => tracing::warn!(error = %e, seq, "storing a log snapshot"),
+                Err(_) => tracing::warn!(
+                    seq,
+                    limit_s = STORE_LIMIT.as_secs(),
+                    "storing a log snapshot took too long: abandoned, the next snapshot tries again"
+                ),
             }
             let _ = std::fs::remove_file(&file);
             storing.store(false, Ordering::Release);
