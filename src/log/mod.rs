@@ -117,7 +117,7 @@ impl Log {
         let (dir, scratch) = nats::materialization_dir(dir, settings)?;
         // The newest snapshot (its epoch, seqs, positions and purge mark), then the stream after it.
         let restored = nats::snapshot::restore(&snapshot_bucket, &stream, &dir).await?;
-        let mut writer = LogWriter::open_scoped(&dir, scopes)?;
+        let mut writer = LogWriter::open_scoped(&dir, scopes)?.without_commit_sync()?;
         if writer.epoch() != epoch {
             match restored {
                 0 => writer.adopt_epoch(epoch)?,
@@ -132,6 +132,7 @@ impl Log {
         let started = Started::start(writer, &dir)?;
         let node = rand::random::<u64>();
         let waiters = Arc::default();
+        let prefetched = Arc::new(nats::Prefetched::default());
         let (applied_tx, applied) = watch::channel(restored);
         let (role_tx, role) = watch::channel(match writable {
             true => Role::Standby,
@@ -139,7 +140,7 @@ impl Log {
         });
         let materializer = nats::Materializer {
             client: js.client(),
-            subject: settings.subject(),
+            bell: settings.bell_subject(),
             stream: stream.clone(),
             commands: started.commands.clone(),
             node,
@@ -153,6 +154,7 @@ impl Log {
                 role.clone(),
                 restored,
             ),
+            prefetched: Arc::clone(&prefetched),
         };
         let death = nats::watch_death(started.death.clone(), materializer);
         let js_for_node = js.clone();
@@ -166,6 +168,7 @@ impl Log {
             waiters,
             applied,
             scratch,
+            prefetched,
         })
         .await?;
         backend.catch_up().await?;

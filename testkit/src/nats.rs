@@ -30,6 +30,12 @@ impl NatsCluster {
     /// Starts `size` routed nodes and waits until JetStream answers on every one (a leader
     /// of its meta group is elected).
     pub fn start(size: usize) -> NatsCluster {
+        NatsCluster::start_with(size, "")
+    }
+
+    /// [`NatsCluster::start`] with `extra` appended to every node's configuration (accounts
+    /// and their limits, say).
+    pub fn start_with(size: usize, extra: &str) -> NatsCluster {
         let dir = tempfile::tempdir().unwrap();
         let client_ports: Vec<u16> = (0..size).map(|_| crate::free_port()).collect();
         let cluster_ports: Vec<u16> = (0..size).map(|_| crate::free_port()).collect();
@@ -48,7 +54,7 @@ impl NatsCluster {
                     format!(
                         "server_name: {name}\nlisten: 127.0.0.1:{client}\n\
                          jetstream {{ store_dir: {store:?}, max_memory_store: 64MB, max_file_store: 1GB }}\n\
-                         cluster {{ name: deltarelay_test, listen: 127.0.0.1:{cluster}, routes: [{routes}] }}\n",
+                         cluster {{ name: deltarelay_test, listen: 127.0.0.1:{cluster}, routes: [{routes}] }}\n{extra}\n",
                         client = client_ports[i],
                         cluster = cluster_ports[i],
                         store = store.display().to_string(),

@@ -27,6 +27,7 @@ mod mongo_source;
 mod mongo_wire_driver;
 mod mongo_with_postgres;
 mod nats_failover;
+mod nats_fencing;
 mod nats_log;
 mod nats_snapshot;
 mod ops_check;

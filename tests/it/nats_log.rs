@@ -273,6 +273,8 @@ fn check_reports_the_nats_cluster_and_what_to_fix() {
         assert!(out.contains(&format!("PASS nats {name}")), "{name}: {out}");
     }
     assert!(out.contains("on a cluster of 3"), "{out}");
+    assert!(out.contains("PASS nats account"), "{out}");
+    assert!(out.contains("(no account limit)"), "{out}");
 
     let (code, out) = check(dir.path(), &config.replace("replicas = 3", "replicas = 5"));
     assert_eq!(code, Some(1), "{out}");
@@ -294,4 +296,26 @@ fn check_reports_the_nats_cluster_and_what_to_fix() {
     let (code, out) = check(dir.path(), &unreachable);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("FAIL nats connect"), "{out}");
+}
+
+#[test]
+fn check_fails_when_the_account_cannot_hold_the_relays_streams() {
+    testkit::skip_unless!(testkit::nats::available(), "nats-server is not installed");
+    // An account limited to two streams (the relay needs three) and no stream byte limit
+    // required; clients without credentials land in it.
+    let nats = NatsCluster::start_with(
+        3,
+        "accounts { APP { jetstream { max_file: 64MB, max_mem: 8MB, max_streams: 2, max_consumers: 100 }, \
+         users: [{ user: app, password: app }] } }\nno_auth_user: app",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = serve_config(&nats, free_port(), "IT_LIMITS");
+    let (code, out) = check(dir.path(), &config);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL nats account"), "{out}");
+    assert!(
+        out.contains("may hold 2 stream(s), holds 0, and the relay needs 3 more"),
+        "{out}"
+    );
+    assert!(out.contains("raise max_streams"), "{out}");
 }

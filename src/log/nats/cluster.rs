@@ -36,6 +36,12 @@ impl NatsSettings {
         format!("deltarelay.{}.log", self.stream)
     }
 
+    /// The doorbell: the active node announces here (core NATS, not stored) the last stream
+    /// sequence it had acknowledged, so that materializers read on without polling.
+    pub fn bell_subject(&self) -> String {
+        format!("deltarelay.{}.bell", self.stream)
+    }
+
     /// The KV bucket of the log's epoch (and, for ingest roles, the lease).
     pub fn meta_bucket(&self) -> String {
         format!("{}_meta", self.stream)

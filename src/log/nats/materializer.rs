@@ -59,10 +59,18 @@ impl Waiters {
 /// How often a quiet materializer looks at the stream's end anyway.
 const QUIET_RECHECK: Duration = Duration::from_millis(500);
 
+/// Requests for stream messages in flight at once while catching up.
+const FETCHES_IN_FLIGHT: usize = 16;
+
+/// The sequence a doorbell message announces (`None` when it is not one).
+fn rung_sequence(ring: &async_nats::Message) -> Option<u64> {
+    std::str::from_utf8(&ring.payload).ok()?.parse().ok()
+}
+
 pub(crate) struct Materializer {
     pub client: async_nats::Client,
-    /// The stream's subject.
-    pub subject: String,
+    /// The doorbell subject (see `publisher.rs`).
+    pub bell: String,
     pub stream: stream::Stream,
     pub commands: mpsc::Sender<Command>,
     pub node: u64,
@@ -71,6 +79,8 @@ pub(crate) struct Materializer {
     pub applied: watch::Sender<u64>,
     /// Snapshots the materialization and compacts the stream (on the active node).
     pub snapshots: super::snapshot::Snapshots,
+    /// What this node published itself (when active): applied without fetching it back.
+    pub prefetched: Arc<super::prefetch::Prefetched>,
 }
 
 impl Materializer {
@@ -91,43 +101,73 @@ impl Materializer {
     }
 
     /// Applies the stream's messages after the last applied one, fetching each by its
-    /// sequence (from the stream's leader, so a node that died or a consumer lost with it
-    /// cannot stall this node), then waits for the next publish: a plain subscription to the
-    /// subject rings the bell, and a timer covers a ring missed while reconnecting.
+    /// sequence (from the stream's leader, so that a node that died or a consumer lost with it
+    /// cannot stall this node; several requests in flight), then waits for the doorbell: the
+    /// writer rings it with the last sequence acknowledged, and a timer covers a ring missed
+    /// while reconnecting.
     async fn follow_from(&self, from: u64, block: &mut Block) -> Result<(), Fatal> {
         tracing::debug!(from, "following the stream");
         let retry = |what: &str, e: &dyn std::fmt::Display| Fatal::Retry(format!("{what}: {e}"));
         let mut bell = self
             .client
-            .subscribe(self.subject.clone())
+            .subscribe(self.bell.clone())
             .await
-            .map_err(|e| retry("subscribing to the stream's subject", &e))?;
-        loop {
-            let end = super::cluster::last_sequence(&self.stream)
+            .map_err(|e| retry("subscribing to the doorbell", &e))?;
+        let stream_end = || async {
+            super::cluster::last_sequence(&self.stream)
                 .await
-                .map_err(|e| retry("reading the stream's end", &e))?;
-            let mut next = *self.applied.borrow() + 1;
-            while next <= end {
-                let message = match self.stream.get_raw_message(next).await {
-                    Ok(message) => message,
-                    Err(e) => return Err(self.missing(next, e).await),
-                };
-                let command = decode(&message.payload).map_err(|e| {
-                    Fatal::Stop(format!("stream message {next} is not a log command: {e}"))
-                })?;
-                let committed = self.apply(command, block).await?;
-                self.applied.send_replace(next);
-                if committed {
-                    self.snapshots.after_commit(next).await;
+                .map_err(|e| retry("reading the stream's end", &e))
+        };
+        let mut end = stream_end().await?;
+        loop {
+            self.apply_through(end, block).await?;
+            end = match tokio::time::timeout(QUIET_RECHECK, bell.next()).await {
+                Ok(None) => return Err(Fatal::Retry("the subscription ended".into())),
+                Ok(Some(ring)) => {
+                    let mut rung = rung_sequence(&ring);
+                    // Rings queued meanwhile: the highest one counts.
+                    while let Ok(Some(ring)) =
+                        tokio::time::timeout(Duration::ZERO, bell.next()).await
+                    {
+                        rung = rung.max(rung_sequence(&ring));
+                    }
+                    match rung {
+                        Some(end) => end,
+                        None => stream_end().await?,
+                    }
                 }
-                next += 1;
-            }
-            if let Ok(None) = tokio::time::timeout(QUIET_RECHECK, bell.next()).await {
-                return Err(Fatal::Retry("the subscription ended".into()));
-            }
-            // Rings queued meanwhile are covered by reading up to the stream's end.
-            while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, bell.next()).await {}
+                Err(_quiet) => stream_end().await?,
+            };
         }
+    }
+
+    /// Applies the messages after the last applied one up to `end`, in order.
+    async fn apply_through(&self, end: u64, block: &mut Block) -> Result<(), Fatal> {
+        let next = *self.applied.borrow() + 1;
+        let mut fetched = futures_util::stream::iter(next..=end)
+            .map(|seq| async move {
+                let payload = match self.prefetched.take(seq) {
+                    Some(payload) => Ok(payload),
+                    None => self.stream.get_raw_message(seq).await.map(|m| m.payload),
+                };
+                (seq, payload)
+            })
+            .buffered(FETCHES_IN_FLIGHT);
+        while let Some((seq, payload)) = fetched.next().await {
+            let payload = match payload {
+                Ok(payload) => payload,
+                Err(e) => return Err(self.missing(seq, e).await),
+            };
+            let command = decode(&payload).map_err(|e| {
+                Fatal::Stop(format!("stream message {seq} is not a log command: {e}"))
+            })?;
+            let committed = self.apply(command, block).await?;
+            self.applied.send_replace(seq);
+            if committed {
+                self.snapshots.after_commit(seq).await;
+            }
+        }
+        Ok(())
     }
 
     /// Why message `next` could not be read: for now (retry), or for good when a compaction

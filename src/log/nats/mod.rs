@@ -12,6 +12,8 @@ pub mod cluster;
 mod lease;
 mod materializer;
 pub mod node;
+mod prefetch;
+mod publisher;
 pub mod snapshot;
 mod wire;
 
@@ -21,15 +23,17 @@ use super::reader::{CollectionSummary, LogReader, Page, ReadFrom, RowFilter};
 use super::sqlite::SqliteBackend;
 use super::LogError;
 use crate::shape::ColumnInfo;
-use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
-use cluster::{last_sequence, nats_error, NatsSettings};
+use async_nats::jetstream::{self, stream};
+use cluster::{last_sequence, NatsSettings};
 use futures_util::future::BoxFuture;
 pub(crate) use materializer::Materializer;
 use materializer::{Reply, Waiters};
+pub(crate) use prefetch::Prefetched;
+use publisher::Publisher;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::watch;
 use wire::{changes_to_wire, encode, Waiter, WireCommand, WireTx};
 
 /// Messages stay well under NATS's default `max_payload` (1 MiB), headers included.
@@ -39,7 +43,6 @@ pub(crate) const MAX_MESSAGE_BYTES: usize = 768 * 1024;
 pub struct NatsBackend {
     local: SqliteBackend,
     stream: stream::Stream,
-    subject: String,
     /// `None` on a serve-only node: it never writes the shared log.
     publisher: Option<Publisher>,
     node: u64,
@@ -48,12 +51,6 @@ pub struct NatsBackend {
     pub(crate) applied: watch::Receiver<u64>,
     /// Removes a materialization kept in a temporary directory when the node stops.
     _scratch: Option<ScratchDir>,
-}
-
-struct Publisher {
-    js: jetstream::Context,
-    /// The stream's last sequence as this node wrote it: the next message must follow it.
-    last: Mutex<u64>,
 }
 
 /// A directory removed when dropped (a serve-only node's materialization without `log.dir`).
@@ -75,21 +72,27 @@ pub(crate) struct Parts {
     pub waiters: Arc<Waiters>,
     pub applied: watch::Receiver<u64>,
     pub scratch: Option<ScratchDir>,
+    pub prefetched: Arc<Prefetched>,
 }
 
 impl NatsBackend {
     pub(crate) async fn new(parts: Parts) -> Result<NatsBackend, LogError> {
         let publisher = match parts.writable {
-            true => Some(Publisher {
-                last: Mutex::new(last_sequence(&parts.stream).await?),
-                js: parts.js,
-            }),
+            true => Some(
+                Publisher::new(
+                    parts.js,
+                    parts.stream.clone(),
+                    parts.settings.subject(),
+                    parts.settings.bell_subject(),
+                    parts.prefetched,
+                )
+                .await?,
+            ),
             false => None,
         };
         Ok(NatsBackend {
             local: parts.local,
             stream: parts.stream,
-            subject: parts.settings.subject(),
             publisher,
             node: parts.node,
             next_waiter: AtomicU64::new(1),
@@ -118,55 +121,28 @@ impl NatsBackend {
     /// Makes this node the stream's writer (it took the ingest lease): applies everything
     /// published so far, then writes after the stream's end.
     pub(crate) async fn claim_writer(&self) -> Result<(), LogError> {
-        let publisher = self.publisher.as_ref().ok_or_else(|| {
-            LogError::ReadOnly("a serve-only node (no [[sources]]) only reads".into())
-        })?;
-        let mut last = publisher.last.lock().await;
         tracing::debug!("claiming the stream: catching up");
-        self.catch_up().await?;
-        *last = last_sequence(&self.stream).await?;
-        tracing::debug!(last = *last, "claimed the stream");
-        Ok(())
+        self.publisher()?.claim(self.catch_up()).await
     }
 
-    /// Publishes `command` (one or more messages), each right after the last one this node
-    /// wrote. Another writer in between fences this one off for good.
-    async fn publish(&self, command: WireCommand) -> Result<(), LogError> {
-        let publisher = self.publisher.as_ref().ok_or_else(|| {
+    fn publisher(&self) -> Result<&Publisher, LogError> {
+        self.publisher.as_ref().ok_or_else(|| {
             LogError::ReadOnly("a serve-only node (no [[sources]]) only reads".into())
-        })?;
-        let mut last = publisher.last.lock().await;
-        for payload in encode(command, MAX_MESSAGE_BYTES)? {
-            let message = PublishMessage::build()
-                .payload(payload.into())
-                .expected_last_sequence(*last);
-            let sent = publisher
-                .js
-                .send_publish(self.subject.clone(), message)
-                .await;
-            let acked = match sent {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            };
-            match acked {
-                Ok(ack) => *last = ack.sequence,
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                    return Err(LogError::ReadOnly(format!(
-                        "another node wrote the log stream after seq {}: this node is no longer its writer",
-                        *last
-                    )));
-                }
-                Err(e) => {
-                    // The message may or may not have landed: start over from the stream's
-                    // end; the next `Begin` discards whatever part of this block landed.
-                    if let Ok(end) = last_sequence(&self.stream).await {
-                        *last = end;
-                    }
-                    return Err(nats_error("publishing to the log stream", e));
-                }
-            }
-        }
-        Ok(())
+        })
+    }
+
+    /// Publishes `command` (one or more messages) right after what this node sent before,
+    /// without waiting for the stream's acknowledgement: a later [`NatsBackend::publish_settled`]
+    /// reports a failure. Another writer in between fences this one off for good.
+    async fn publish(&self, command: WireCommand) -> Result<(), LogError> {
+        let payloads = encode(command, MAX_MESSAGE_BYTES)?;
+        self.publisher()?.publish(payloads, false).await
+    }
+
+    /// Publishes `command` and waits until the stream acknowledged it and all sent before.
+    async fn publish_settled(&self, command: WireCommand) -> Result<(), LogError> {
+        let payloads = encode(command, MAX_MESSAGE_BYTES)?;
+        self.publisher()?.publish(payloads, true).await
     }
 
     fn waiter(&self) -> Waiter {
@@ -183,7 +159,7 @@ impl NatsBackend {
     ) -> Result<Reply, LogError> {
         let waiter = self.waiter();
         let answer = self.waiters.register(waiter.id);
-        if let Err(e) = self.publish(make(waiter)).await {
+        if let Err(e) = self.publish_settled(make(waiter)).await {
             self.waiters.forget(waiter.id);
             return Err(e);
         }

@@ -98,6 +98,14 @@ impl LogWriter {
         LogWriter::open_scoped(dir, ScopeColumns::new())
     }
 
+    /// For a log rebuilt from elsewhere at every start (a node's materialization of the shared
+    /// log, whose durability is the stream's): commits count before they reach the disk.
+    /// `synchronous = NORMAL` in WAL mode still survives a crash of the process.
+    pub fn without_commit_sync(self) -> Result<LogWriter, LogError> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(self)
+    }
+
     /// Opens the log with the configured scope columns; recomputes stored scopes if they changed.
     pub fn open_scoped(dir: &Path, scopes: ScopeColumns) -> Result<LogWriter, LogError> {
         std::fs::create_dir_all(dir).map_err(|source| LogError::Dir {

@@ -1,0 +1,177 @@
+//! The active ingest node's writes to the log stream.
+//!
+//! Messages are pipelined: each is sent without waiting for the acknowledgement of the one
+//! before it, fenced by `Nats-Expected-Last-Sequence` on the sequence that one gets once it
+//! lands. So a message lands only right after its predecessor: if one fails, every later one
+//! fails too, and a commit marker acknowledged means its whole block is in the stream. The
+//! acknowledgements are settled, in order, when a caller needs the result (a commit) or when
+//! too many are in flight. After a settle, a doorbell message (the last acknowledged sequence,
+//! on a subject the stream does not hold) tells every node's materializer how far to read.
+
+use super::cluster::{last_sequence, nats_error};
+use super::prefetch::Prefetched;
+use crate::log::LogError;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// At most this many messages wait for their acknowledgement (each at most
+/// `MAX_MESSAGE_BYTES`): past it the oldest is settled before the next is sent.
+const MAX_IN_FLIGHT: usize = 32;
+
+pub(crate) struct Publisher {
+    js: jetstream::Context,
+    stream: stream::Stream,
+    subject: String,
+    bell: String,
+    pipeline: Mutex<Pipeline>,
+    /// Acknowledged messages, for this node's own materializer.
+    prefetched: Arc<Prefetched>,
+}
+
+struct Pipeline {
+    /// The sequence the last message sent gets once it lands: the next one must follow it.
+    last: u64,
+    /// Sent messages not settled yet, oldest first, with the sequence each must get.
+    in_flight: VecDeque<InFlight>,
+}
+
+struct InFlight {
+    sequence: u64,
+    payload: Bytes,
+    ack: PublishAckFuture,
+}
+
+impl Publisher {
+    pub async fn new(
+        js: jetstream::Context,
+        stream: stream::Stream,
+        subject: String,
+        bell: String,
+        prefetched: Arc<Prefetched>,
+    ) -> Result<Publisher, LogError> {
+        let last = last_sequence(&stream).await?;
+        Ok(Publisher {
+            js,
+            stream,
+            subject,
+            bell,
+            pipeline: Mutex::new(Pipeline {
+                last,
+                in_flight: VecDeque::new(),
+            }),
+            prefetched,
+        })
+    }
+
+    /// Makes this node write after the stream's end as it is now (once `caught_up` returns:
+    /// the node applied everything published before it took the lease).
+    pub async fn claim<F>(&self, caught_up: F) -> Result<(), LogError>
+    where
+        F: std::future::Future<Output = Result<(), LogError>>,
+    {
+        let mut pipeline = self.pipeline.lock().await;
+        pipeline.in_flight.clear();
+        self.prefetched.clear();
+        caught_up.await?;
+        pipeline.last = last_sequence(&self.stream).await?;
+        tracing::debug!(last = pipeline.last, "claimed the stream");
+        Ok(())
+    }
+
+    /// Sends `payloads` in order after everything sent before. With `settle`, returns only once
+    /// all of them (and everything before) are acknowledged: the result of a commit. Without,
+    /// an error of these messages is reported by a later call (every later message fails too).
+    pub async fn publish(&self, payloads: Vec<Vec<u8>>, settle: bool) -> Result<(), LogError> {
+        let mut pipeline = self.pipeline.lock().await;
+        let result = self.send(&mut pipeline, payloads, settle).await;
+        if let Err(error) = &result {
+            // Whatever is still in flight follows the failed message and fails with it. The
+            // failed one may or may not have landed: go on from the stream's end; the next
+            // `Begin` discards whatever part of the block landed.
+            pipeline.in_flight.clear();
+            if !matches!(error, LogError::ReadOnly(_)) {
+                if let Ok(end) = last_sequence(&self.stream).await {
+                    pipeline.last = end;
+                }
+            }
+        }
+        result
+    }
+
+    async fn send(
+        &self,
+        pipeline: &mut Pipeline,
+        payloads: Vec<Vec<u8>>,
+        settle: bool,
+    ) -> Result<(), LogError> {
+        for payload in payloads {
+            if pipeline.in_flight.len() >= MAX_IN_FLIGHT {
+                self.settle(pipeline, 1).await?;
+            }
+            let payload = Bytes::from(payload);
+            let message = PublishMessage::build()
+                .payload(payload.clone())
+                .expected_last_sequence(pipeline.last);
+            let ack = self
+                .js
+                .send_publish(self.subject.clone(), message)
+                .await
+                .map_err(|e| nats_error("publishing to the log stream", e))?;
+            pipeline.last += 1;
+            pipeline.in_flight.push_back(InFlight {
+                sequence: pipeline.last,
+                payload,
+                ack,
+            });
+        }
+        if settle {
+            self.settle(pipeline, pipeline.in_flight.len()).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the acknowledgements of the `count` oldest messages in flight, then rings.
+    async fn settle(&self, pipeline: &mut Pipeline, count: usize) -> Result<(), LogError> {
+        let mut acked = None;
+        for _ in 0..count {
+            let Some(InFlight {
+                sequence: expected,
+                payload,
+                ack,
+            }) = pipeline.in_flight.pop_front()
+            else {
+                break;
+            };
+            match ack.await {
+                Ok(ack) if ack.sequence == expected => {
+                    self.prefetched.keep(expected, payload);
+                    acked = Some(expected);
+                }
+                Ok(ack) => return Err(LogError::Nats(format!(
+                    "the log stream stored a message at seq {} where this node expected {expected}",
+                    ack.sequence
+                ))),
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    return Err(LogError::ReadOnly(format!(
+                        "another node wrote the log stream after seq {}: this node is no longer its writer",
+                        expected - 1
+                    )));
+                }
+                Err(e) => return Err(nats_error("publishing to the log stream", e)),
+            }
+        }
+        if let Some(sequence) = acked {
+            // A lost ring only delays the other nodes until they look at the stream anyway.
+            let _ = self
+                .js
+                .client()
+                .publish(self.bell.clone(), sequence.to_string().into())
+                .await;
+        }
+        Ok(())
+    }
+}
