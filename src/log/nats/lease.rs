@@ -10,6 +10,7 @@
 use super::cluster::nats_error;
 use crate::log::LogError;
 use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -81,11 +82,7 @@ async fn try_take(
     node: &str,
     seen: &mut Option<(u64, Instant)>,
 ) -> Result<Option<u64>, LogError> {
-    let entry = bucket
-        .entry(KEY)
-        .await
-        .map_err(|e| nats_error("reading the ingest lease", e))?;
-    let Some(entry) = entry else {
+    let Some(entry) = current(bucket).await? else {
         return match bucket.create(KEY, node.to_string().into()).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
@@ -109,11 +106,38 @@ async fn try_take(
         .await
     {
         Ok(revision) => {
-            let holder = String::from_utf8_lossy(&entry.value).into_owned();
+            let holder = String::from_utf8_lossy(&entry.holder).into_owned();
             tracing::info!(previous = %holder, "took over the ingest lease");
             Ok(Some(revision))
         }
         Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
         Err(e) => Err(nats_error("taking the ingest lease", e)),
+    }
+}
+
+/// The lease as it stands.
+struct Current {
+    revision: u64,
+    holder: bytes::Bytes,
+}
+
+/// Reads the lease from the bucket stream's leader. Not `kv::Store::entry`: the bucket allows
+/// direct gets, which any replica answers, and a replica that is catching up (its NATS node
+/// was restarted) answers with an old revision for a while. A standby whose reads alternated
+/// between replicas never saw the revision hold still for [`EXPIRES_AFTER`], so a failover
+/// took minutes instead of seconds (`tests/it/chaos_nats.rs`).
+async fn current(bucket: &kv::Store) -> Result<Option<Current>, LogError> {
+    let subject = format!("{}{KEY}", bucket.prefix);
+    match bucket
+        .stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+    {
+        Ok(message) => Ok(Some(Current {
+            revision: message.sequence,
+            holder: message.payload,
+        })),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(nats_error("reading the ingest lease", e)),
     }
 }
