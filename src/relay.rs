@@ -26,6 +26,7 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
     let retention = (!config.sources.is_empty()).then(|| {
         tokio::spawn(while_writing(
             log.clone(),
+            shutdown.clone(),
             crate::log::retention::run(
                 log.clone(),
                 config.log.tombstone_retention,
@@ -46,8 +47,11 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
         writers.extend(started.writer);
         let name = spec.name().to_string();
         // A standby ingest node of the shared log starts its sources once it is active.
-        let run = while_writing(log.clone(), started.run);
-        sources.spawn(async move { (name, run.await.map_err(|e| anyhow::anyhow!(e))) });
+        let run = while_writing(log.clone(), shutdown.clone(), started.run);
+        sources.spawn(async move {
+            let ran = run.await.unwrap_or(Ok(()));
+            (name, ran.map_err(|e| anyhow::anyhow!(e)))
+        });
     }
 
     let listener = listen(config.http.listen, config.limits.send_buffer_bytes)
@@ -129,11 +133,21 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> anyhow::Resu
 }
 
 /// Runs `task` once this node writes the log (at once with the embedded engine; on an ingest
-/// node of the shared log, once it holds the ingest lease).
-async fn while_writing<T>(log: Log, task: impl Future<Output = T>) -> T {
+/// node of the shared log, once it holds the ingest lease). `None` when the relay is told to
+/// stop first: a standby's sources never start then (waiting on, the shutdown hung until the
+/// service manager killed the process).
+async fn while_writing<T>(
+    log: Log,
+    mut shutdown: watch::Receiver<bool>,
+    task: impl Future<Output = T>,
+) -> Option<T> {
     let mut role = log.role();
-    let _ = role.wait_for(|role| role.writes()).await;
-    task.await
+    tokio::select! {
+        biased;
+        _ = shutdown.wait_for(|stop| *stop) => return None,
+        _ = role.wait_for(|role| role.writes()) => {}
+    }
+    Some(task.await)
 }
 
 /// The configured engine's log: the SQLite file under `log.dir`, or the shared NATS log.

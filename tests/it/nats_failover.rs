@@ -152,6 +152,9 @@ async fn a_standby_takes_over_from_a_killed_active_and_nothing_is_lost_or_double
         assert!(Instant::now() < deadline, "the nodes' logs differ");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // A standby stops when told to (its sources, which never started, hung the shutdown).
+    assert_eq!(first.terminate(), Some(0), "{}", tail(first.output()));
 }
 
 /// A NATS node that was killed and started again answers reads of the meta bucket from its
