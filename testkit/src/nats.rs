@@ -212,12 +212,23 @@ pub fn ingest_config(
     stream: &str,
     tables: &[&str],
 ) -> String {
+    ingest_config_via(&pg.url("app"), nats, dir, port, stream, tables)
+}
+
+/// Like [`ingest_config`], reaching Postgres at `url` (through a proxy, say).
+pub fn ingest_config_via(
+    url: &str,
+    nats: &NatsCluster,
+    dir: &Path,
+    port: u16,
+    stream: &str,
+    tables: &[&str],
+) -> String {
     let slot = crate::relay::SLOT;
     let tables: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
     format!(
         "[http]\nlisten = \"127.0.0.1:{port}\"\n\n{log}\n[[sources]]\nname = \"app_pg\"\nkind = \"postgres\"\nurl = {url:?}\nslot = \"{slot}\"\npublication = \"{slot}\"\ntables = [{tables}]\n",
         log = log_section(nats, Some(&dir.join("log")), stream),
-        url = pg.url("app"),
         tables = tables.join(", "),
     )
 }

@@ -8,6 +8,8 @@ mod auth_pg_scope;
 mod auth_startup;
 mod browser_eventsource;
 mod chaos;
+mod chaos_history;
+mod chaos_nats;
 mod client_typescript;
 mod console_browser;
 mod console_todos;
