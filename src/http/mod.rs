@@ -21,6 +21,7 @@ mod stream;
 pub use auth::HttpOptions;
 pub use error::ApiError;
 
+use crate::log::role::Role;
 use crate::log::{Cursor, Log};
 use crate::source::SourceStatus;
 use crate::telemetry;
@@ -97,8 +98,23 @@ impl Shared {
     ) -> Result<(), ApiError> {
         if let params::Since::Cursor(cursor) = since {
             self.check_cursor(cursor)?;
+            self.reach(cursor).await;
         }
         self.check_collections(collections).await
+    }
+
+    /// On the shared log every node materializes the same stream at its own pace, so a client
+    /// moving here from a node that is ahead brings a cursor this node has not reached yet:
+    /// wait for it (bounded) rather than answer 410, which makes the client start over from
+    /// nothing. With the embedded log a cursor ahead of the head is final (the log was
+    /// restored from an older copy): no wait.
+    async fn reach(&self, cursor: &Cursor) {
+        if *self.log().role().borrow() == Role::Single {
+            return;
+        }
+        let mut head = self.log().head();
+        let reached = head.wait_for(|seq| *seq >= cursor.seq);
+        let _ = tokio::time::timeout(REACH_CURSOR, reached).await;
     }
 
     /// 410 when the cursor cannot be served from this log.
@@ -111,6 +127,10 @@ impl Shared {
         Ok(())
     }
 }
+
+/// How long a node of the shared log waits for its materialization to reach a client's cursor
+/// before answering 410 (a restarted serve node catching up, or one whose NATS server died).
+const REACH_CURSOR: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Checks a cursor against a page's snapshot: purged tombstones or a position beyond the log.
 fn check_snapshot(cursor: &Cursor, purged_seq: u64, head_seq: u64) -> Result<(), ApiError> {
