@@ -41,6 +41,10 @@ const WAL_SENDER_TIMEOUT: &str = "8s";
 /// A fault not recovered from after this long fails the run. A failover alone takes about
 /// 10 s (the lease), and CI's machine is loaded.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(120);
+/// The active ingest node snapshots its materialization and compacts the stream this often,
+/// so that a run also compacts the stream and restarted nodes start from snapshots (the
+/// default, 10 min, would not come round in a short run).
+const SNAPSHOT_EVERY: &str = "30s";
 /// How long a node may take to catch up once the writer stopped.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
 
@@ -176,7 +180,8 @@ impl Topology {
         tails.join("\n")
     }
 
-    fn inject(&mut self, fault: Fault, rng: &mut StdRng) {
+    /// Injects `fault`; returns the address of the relay node it restarted, if any.
+    fn inject(&mut self, fault: Fault, rng: &mut StdRng) -> Option<SocketAddr> {
         match fault {
             Fault::KillActiveIngest => {
                 let active = self.active_ingest();
@@ -185,12 +190,14 @@ impl Topology {
                 // its old self's lease must expire first either way.
                 std::thread::sleep(Duration::from_millis(rng.gen_range(500..3000)));
                 self.ingest[active].relay.spawn();
+                Some(self.ingest[active].addr)
             }
             Fault::KillServe => {
                 let node = rng.gen_range(0..self.serve.len());
                 self.serve[node].relay.kill();
                 std::thread::sleep(Duration::from_millis(rng.gen_range(0..1000)));
                 self.serve[node].relay.spawn();
+                Some(self.serve[node].addr)
             }
             Fault::KillNats => {
                 let node = rng.gen_range(0..3);
@@ -199,9 +206,16 @@ impl Topology {
                 self.nats.start_node(node);
                 // Back in the cluster before the next fault may take another node down.
                 self.nats.wait_jetstream_ready();
+                None
             }
-            Fault::RestartPostgresFast => self.pg.restart(StopMode::Fast),
-            Fault::DropConnections => self.proxy.drop_all(),
+            Fault::RestartPostgresFast => {
+                self.pg.restart(StopMode::Fast);
+                None
+            }
+            Fault::DropConnections => {
+                self.proxy.drop_all();
+                None
+            }
         }
     }
 }
@@ -222,9 +236,14 @@ fn nats_chaos_loses_and_duplicates_nothing() {
     let nats = NatsCluster::start(3);
     let ingest_node = |name| {
         Node::start(name, |dir, port| {
+            let config = ingest_config_via(&via_proxy, &nats, dir, port, STREAM, &TABLES);
+            assert!(config.contains("replicas = 3\n"), "{config}");
             format!(
                 "{}replication_timeout = \"{REPLICATION_TIMEOUT}\"\n",
-                ingest_config_via(&via_proxy, &nats, dir, port, STREAM, &TABLES)
+                config.replace(
+                    "replicas = 3\n",
+                    &format!("replicas = 3\nsnapshot_every = \"{SNAPSHOT_EVERY}\"\n")
+                )
             )
         })
     };
@@ -262,28 +281,54 @@ fn nats_chaos_loses_and_duplicates_nothing() {
 
     let mut injected: BTreeMap<Fault, u32> = BTreeMap::new();
     let mut recoveries: Vec<(Fault, Duration)> = Vec::new();
+    // How long each restarted serve node took to serve again.
+    let mut serve_ready: Vec<Duration> = Vec::new();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(seconds) {
         std::thread::sleep(Duration::from_millis(rng.gen_range(200..2500)));
         let fault = FAULTS[rng.gen_range(0..FAULTS.len())];
-        println!("{:>6.1} s: {fault:?}", started.elapsed().as_secs_f64());
-        topology.inject(fault, &mut rng);
+        let at = started.elapsed();
+        let restarted = topology.inject(fault, &mut rng);
         *injected.entry(fault).or_default() += 1;
-        // Recovered: the subscriber has everything committed before the fault was over.
+        // Recovered: the subscriber has everything committed before the fault was over, and
+        // a restarted node serves again (a serve node rebuilds its materialization first).
         let over = Instant::now();
         let target = written.committed.load(Ordering::SeqCst);
-        while seen.max_history.load(Ordering::SeqCst) < target {
+        let mut ready_after = restarted.is_none().then_some(Duration::ZERO);
+        while seen.max_history.load(Ordering::SeqCst) < target || ready_after.is_none() {
+            if let (None, Some(addr)) = (ready_after, restarted) {
+                if http_status(addr, "/readyz") == Some(200) {
+                    ready_after = Some(over.elapsed());
+                }
+            }
             topology.assert_running();
             assert!(
                 over.elapsed() < RECOVERY_LIMIT,
                 "no recovery from {fault:?} within {RECOVERY_LIMIT:?}: the subscriber has \
-                 history up to {}, {target} was committed\n{}",
+                 history up to {}, {target} was committed; restarted node {restarted:?} ready \
+                 after {ready_after:?}\n{}",
                 seen.max_history.load(Ordering::SeqCst),
                 topology.tails()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
         recoveries.push((fault, over.elapsed()));
+        let ready = restarted
+            .map(|_| {
+                format!(
+                    ", restarted node ready after {:.1} s",
+                    ready_after.unwrap_or_default().as_secs_f64()
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "{:>6.1} s: {fault:?}, recovered in {:.1} s{ready}",
+            at.as_secs_f64(),
+            over.elapsed().as_secs_f64()
+        );
+        if fault == Fault::KillServe {
+            serve_ready.push(ready_after.unwrap_or_default());
+        }
     }
 
     written.stop.store(true, Ordering::SeqCst);
@@ -320,6 +365,14 @@ fn nats_chaos_loses_and_duplicates_nothing() {
         assert_state(&name, records, &truth);
     }
     let roles: Vec<Option<String>> = topology.nodes().map(|n| n.role()).collect();
+    let logged = |topology: &mut Topology, what: &str| -> usize {
+        topology
+            .nodes()
+            .map(|n| n.relay.output().matches(what).count())
+            .sum()
+    };
+    let snapshots = logged(&mut topology, "stored a log snapshot");
+    let loaded = logged(&mut topology, "loaded the log snapshot");
     let refused = seen.refused.lock().unwrap().clone();
 
     let max_recovery = recoveries.iter().map(|(_, d)| *d).max().unwrap_or_default();
@@ -337,8 +390,9 @@ fn nats_chaos_loses_and_duplicates_nothing() {
         "chaos figures: {:.0} s, {} faults {:?}; writer committed {} transactions ({} history rows); \
          checked {} log records on each of {} nodes and {} streamed changes over {} SSE connections \
          ({} moves without a fault, {} refused); lost {:?}, duplicated {:?}; \
-         max recovery {:.1} s ({:?}), by kind [{}], mean {:.1} s; end marker streamed after {:.1} s; \
-         seed {seed}",
+         max recovery {:.1} s ({:?}), by kind [{}], mean {:.1} s; a restarted serve node served \
+         again after {:.1} s at most; end marker streamed after {:.1} s; {snapshots} snapshots stored, \
+         {loaded} node starts from a snapshot; seed {seed}",
         started.elapsed().as_secs_f64(),
         injected.values().sum::<u32>(),
         injected,
@@ -356,6 +410,7 @@ fn nats_chaos_loses_and_duplicates_nothing() {
         slowest,
         max_by_kind.join(", "),
         recoveries.iter().map(|(_, d)| d.as_secs_f64()).sum::<f64>() / recoveries.len().max(1) as f64,
+        serve_ready.iter().max().copied().unwrap_or_default().as_secs_f64(),
         end_took.as_secs_f64(),
     );
     for (name, check) in &checks {
