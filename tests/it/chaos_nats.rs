@@ -7,7 +7,9 @@
 //! serve node, of one NATS node at a time (so the three-replica stream keeps its quorum), a
 //! fast Postgres restart and dropped Postgres connections. Afterwards the subscriber and every
 //! node's log (read over HTTP) hold every committed change exactly once, in commit order, and
-//! the database's final state; and all four nodes' logs are the same, cursor for cursor.
+//! the database's final state; and all four nodes' logs are the same, cursor for cursor. The
+//! ingest nodes snapshot every 30 s, so the stream is compacted during the run and restarted
+//! nodes start from snapshots. docs/RELIABILITY.md has the figures.
 //!
 //! `cargo test --test it chaos_nats::` runs a short form (CHAOS_SECONDS, default 25 s of
 //! faults); CHAOS_SEED fixes the choice of faults and writes (timing still varies). Longer:
