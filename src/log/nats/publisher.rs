@@ -35,6 +35,12 @@ pub(crate) struct Publisher {
 struct Pipeline {
     /// The sequence the last message sent gets once it lands: the next one must follow it.
     last: u64,
+    /// `last` is not known: a publish failed without an answer and the stream's end could not
+    /// be read then either. The next publish reads it first. (Left as it was, `last` counted
+    /// the messages that did not land; every later message was refused as out of sequence,
+    /// which reads as another writer, and the active node stalled for good while it kept
+    /// renewing its lease: found by `tests/it/chaos_nats.rs` after a NATS node was killed.)
+    unknown: bool,
     /// Sent messages not settled yet, oldest first, with the sequence each must get.
     in_flight: VecDeque<InFlight>,
 }
@@ -61,6 +67,7 @@ impl Publisher {
             bell,
             pipeline: Mutex::new(Pipeline {
                 last,
+                unknown: false,
                 in_flight: VecDeque::new(),
             }),
             prefetched,
@@ -78,6 +85,7 @@ impl Publisher {
         self.prefetched.clear();
         caught_up.await?;
         pipeline.last = last_sequence(&self.stream).await?;
+        pipeline.unknown = false;
         tracing::debug!(last = pipeline.last, "claimed the stream");
         Ok(())
     }
@@ -94,8 +102,9 @@ impl Publisher {
             // `Begin` discards whatever part of the block landed.
             pipeline.in_flight.clear();
             if !matches!(error, LogError::ReadOnly(_)) {
-                if let Ok(end) = last_sequence(&self.stream).await {
-                    pipeline.last = end;
+                match last_sequence(&self.stream).await {
+                    Ok(end) => pipeline.last = end,
+                    Err(_) => pipeline.unknown = true,
                 }
             }
         }
@@ -108,6 +117,10 @@ impl Publisher {
         payloads: Vec<Vec<u8>>,
         settle: bool,
     ) -> Result<(), LogError> {
+        if pipeline.unknown {
+            pipeline.last = last_sequence(&self.stream).await?;
+            pipeline.unknown = false;
+        }
         for payload in payloads {
             if pipeline.in_flight.len() >= MAX_IN_FLIGHT {
                 self.settle(pipeline, 1).await?;
@@ -151,10 +164,12 @@ impl Publisher {
                     self.prefetched.keep(expected, payload);
                     acked = Some(expected);
                 }
-                Ok(ack) => return Err(LogError::Nats(format!(
+                Ok(ack) => {
+                    return Err(LogError::Nats(format!(
                     "the log stream stored a message at seq {} where this node expected {expected}",
                     ack.sequence
-                ))),
+                )))
+                }
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                     return Err(LogError::ReadOnly(format!(
                         "another node wrote the log stream after seq {}: this node is no longer its writer",
