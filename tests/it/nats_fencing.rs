@@ -2,8 +2,11 @@
 //! both believe they write the shared log (as after a partition) cannot interleave. Each
 //! message must land right after the one its writer sent before; the second writer's block
 //! fails as a whole (at its commit, or at an append once its window of messages in flight is
-//! full) and none of it ever counts on any node, while the first writer goes on.
+//! full) and none of it ever counts on any node, while the first writer goes on. An active
+//! ingest node whose writes the stream refuses steps down: the relay stops, so that the
+//! service manager restarts it as a standby.
 
+use super::nats_log::{fixture_pg, ingest_config, start_ready, write_batch};
 use deltarelay::log::nats::cluster::NatsSettings;
 use deltarelay::log::reader::{ReadFrom, RowFilter};
 use deltarelay::log::scope::ScopeColumns;
@@ -113,4 +116,68 @@ async fn a_second_writer_is_fenced_off_and_none_of_its_block_counts() {
         assert_eq!(log.position("pg").await.unwrap().as_deref(), Some("4"));
         assert_eq!(logged_ids(log).await, expected);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_node_whose_writes_are_refused_steps_down() {
+    testkit::skip_unless!(testkit::nats::available(), "nats-server is not installed");
+    let pg = fixture_pg();
+    let nats = NatsCluster::start(3);
+    let stream = "IT_STEP_DOWN";
+    let dir = tempfile::tempdir().unwrap();
+    let port = testkit::free_port();
+    let (mut relay, addr) = start_ready(
+        dir.path(),
+        &ingest_config(&pg, &nats, dir.path(), port, stream),
+        port,
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while testkit::http::get(addr, "/v1/status", &[]).await.json()["role"] != "active" {
+        relay.assert_running();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not active:\n{}",
+            relay.output()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    write_batch(&pg, 1, 5);
+
+    // Another process writes the stream behind the active node's back (as a node that took
+    // the lease while this one was paused would): the active node's next block is refused.
+    let intruder_dir = tempfile::tempdir().unwrap();
+    let settings = NatsSettings {
+        urls: nats.urls(),
+        stream: stream.into(),
+        replicas: 3,
+        snapshots: Default::default(),
+    };
+    let intruder = Log::open_nats(
+        &settings,
+        Some(intruder_dir.path()),
+        ScopeColumns::new(),
+        true,
+    )
+    .await
+    .unwrap();
+    commit(&intruder, vec![(tx(1), rows(1, 1))]).await;
+    write_batch(&pg, 6, 5);
+
+    let code = tokio::task::spawn_blocking(move || {
+        let code = relay.wait_exit(std::time::Duration::from_secs(60));
+        (code, relay.output())
+    })
+    .await
+    .unwrap();
+    let (code, output) = code;
+    assert_ne!(
+        code,
+        Some(0),
+        "the relay should stop with an error:\n{output}"
+    );
+    assert!(output.contains("no longer its writer"), "{output}");
+    assert!(
+        output.contains("restarts this node as a standby"),
+        "{output}"
+    );
 }

@@ -125,6 +125,14 @@ impl NatsBackend {
         self.publisher()?.claim(self.catch_up()).await
     }
 
+    /// Resolves once the stream refused this node as its writer (never on a serve-only node).
+    pub(crate) async fn fenced(&self) -> String {
+        match &self.publisher {
+            Some(publisher) => publisher.fenced().await,
+            None => std::future::pending().await,
+        }
+    }
+
     fn publisher(&self) -> Result<&Publisher, LogError> {
         self.publisher.as_ref().ok_or_else(|| {
             LogError::ReadOnly("a serve-only node (no [[sources]]) only reads".into())

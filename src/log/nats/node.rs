@@ -52,7 +52,13 @@ impl NatsNode {
         }
         tracing::info!(node = %self.name, "active: this node now writes the shared log");
         self.role.send_replace(Role::Active);
-        let lost = lease.hold().await;
+        // Held until lost, or until the stream refuses this node's writes (another node wrote
+        // it: the lease was taken while this process was paused, say): either way this node
+        // must stop writing, and the relay stops so that it comes back as a standby.
+        let lost = tokio::select! {
+            lost = lease.hold() => lost,
+            reason = self.backend.fenced() => LogError::ReadOnly(reason),
+        };
         self.role.send_replace(Role::Standby);
         lost
     }

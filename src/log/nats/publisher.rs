@@ -16,7 +16,7 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
 /// At most this many messages wait for their acknowledgement (each at most
 /// `MAX_MESSAGE_BYTES`): past it the oldest is settled before the next is sent.
@@ -30,6 +30,8 @@ pub(crate) struct Publisher {
     pipeline: Mutex<Pipeline>,
     /// Acknowledged messages, for this node's own materializer.
     prefetched: Arc<Prefetched>,
+    /// Why the stream refused this node as its writer, once it did (see [`Publisher::fenced`]).
+    fenced: watch::Sender<Option<String>>,
 }
 
 struct Pipeline {
@@ -71,6 +73,7 @@ impl Publisher {
                 in_flight: VecDeque::new(),
             }),
             prefetched,
+            fenced: watch::Sender::new(None),
         })
     }
 
@@ -83,11 +86,26 @@ impl Publisher {
         let mut pipeline = self.pipeline.lock().await;
         pipeline.in_flight.clear();
         self.prefetched.clear();
+        self.fenced.send_replace(None);
         caught_up.await?;
         pipeline.last = last_sequence(&self.stream).await?;
         pipeline.unknown = false;
         tracing::debug!(last = pipeline.last, "claimed the stream");
         Ok(())
+    }
+
+    /// Resolves, with the reason, once the stream refused a message of this node because
+    /// another node wrote it meanwhile: this node must stop writing (it steps down).
+    pub async fn fenced(&self) -> String {
+        let mut fenced = self.fenced.subscribe();
+        let reason = match fenced.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
     }
 
     /// Sends `payloads` in order after everything sent before. With `settle`, returns only once
@@ -171,10 +189,12 @@ impl Publisher {
                 )))
                 }
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                    return Err(LogError::ReadOnly(format!(
+                    let reason = format!(
                         "another node wrote the log stream after seq {}: this node is no longer its writer",
                         expected - 1
-                    )));
+                    );
+                    self.fenced.send_replace(Some(reason.clone()));
+                    return Err(LogError::ReadOnly(reason));
                 }
                 Err(e) => return Err(nats_error("publishing to the log stream", e)),
             }
