@@ -46,28 +46,44 @@ fn tail(text: String) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
+/// Two ingest nodes of `stream` on the fixture's source: the first waited for as `active`,
+/// the second found `standby`. Returns their directories, addresses and processes.
+async fn active_and_standby(
+    pg: &testkit::pg::PgServer,
+    nats: &NatsCluster,
+    stream: &str,
+) -> (
+    [tempfile::TempDir; 2],
+    [SocketAddr; 2],
+    RelayProcess,
+    RelayProcess,
+) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let ports = [free_port(), free_port()];
+    let addrs = ports.map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+    let (first, _) = start_ready(
+        dirs[0].path(),
+        &ingest_config(pg, nats, dirs[0].path(), ports[0], stream),
+        ports[0],
+    );
+    wait_role(addrs[0], "active", Duration::from_secs(30), &first).await;
+    // The second ingest node waits as a standby and serves reads meanwhile.
+    let (second, _) = start_ready(
+        dirs[1].path(),
+        &ingest_config(pg, nats, dirs[1].path(), ports[1], stream),
+        ports[1],
+    );
+    assert_eq!(role(addrs[1]).await, "standby");
+    (dirs, addrs, first, second)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_from_a_killed_active_and_nothing_is_lost_or_doubled() {
     testkit::skip_unless!(testkit::nats::available(), "nats-server is not installed");
     let pg = fixture_pg();
     let mut nats = NatsCluster::start(3);
     let stream = "IT_FAILOVER";
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let ports = [free_port(), free_port()];
-    let addrs = ports.map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
-    let (mut first, _) = start_ready(
-        dirs[0].path(),
-        &ingest_config(&pg, &nats, dirs[0].path(), ports[0], stream),
-        ports[0],
-    );
-    wait_role(addrs[0], "active", Duration::from_secs(30), &first).await;
-    // The second ingest node waits as a standby and serves reads meanwhile.
-    let (mut second, _) = start_ready(
-        dirs[1].path(),
-        &ingest_config(&pg, &nats, dirs[1].path(), ports[1], stream),
-        ports[1],
-    );
-    assert_eq!(role(addrs[1]).await, "standby");
+    let (_dirs, addrs, mut first, mut second) = active_and_standby(&pg, &nats, stream).await;
     let view = status(addrs[1]).await["cluster"].clone();
     assert_eq!(view["stream"], stream);
     assert_eq!(view["connected"], true);
@@ -168,21 +184,7 @@ async fn a_standby_takes_over_after_the_nats_nodes_were_restarted() {
     let pg = fixture_pg();
     let mut nats = NatsCluster::start(3);
     let stream = "IT_FAILOVER_RESTARTED";
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let ports = [free_port(), free_port()];
-    let addrs = ports.map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
-    let (mut first, _) = start_ready(
-        dirs[0].path(),
-        &ingest_config(&pg, &nats, dirs[0].path(), ports[0], stream),
-        ports[0],
-    );
-    wait_role(addrs[0], "active", Duration::from_secs(30), &first).await;
-    let (second, _) = start_ready(
-        dirs[1].path(),
-        &ingest_config(&pg, &nats, dirs[1].path(), ports[1], stream),
-        ports[1],
-    );
-    assert_eq!(role(addrs[1]).await, "standby");
+    let (_dirs, addrs, mut first, second) = active_and_standby(&pg, &nats, stream).await;
     // One at a time, so that the bucket keeps its quorum; the active renews its lease
     // meanwhile.
     for node in 0..3 {
