@@ -362,8 +362,11 @@ async fn an_idle_server_writes_no_ops_that_move_the_post_batch_token() {
         .await
         .unwrap();
     let first = stream.resume_token().unwrap();
+    // A no-op every 200 ms: the token moves within a few getMores (waiting up to 30 s for a
+    // loaded machine).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut moved = false;
-    for _ in 0..30 {
+    while std::time::Instant::now() < deadline {
         assert!(stream.next_if_any().await.unwrap().is_none());
         if stream.resume_token().unwrap() != first {
             moved = true;

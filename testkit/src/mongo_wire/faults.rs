@@ -134,12 +134,19 @@ impl State {
     }
 }
 
-/// The periodic no-op writer of an idle primary.
+/// The periodic no-op writer of an idle primary. It looks at the interval every few
+/// milliseconds, so that a test's shorter interval applies at once (sleeping the default
+/// 10 s first made such a test depend on which ran first, it or this task).
 pub(super) async fn write_noops(shared: Arc<Shared>) {
     let mut last_head = 0;
+    let mut last_look = Instant::now();
     loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let every = shared.lock().faults.noop_interval;
-        tokio::time::sleep(every).await;
+        if last_look.elapsed() < every {
+            continue;
+        }
+        last_look = Instant::now();
         let mut state = shared.lock();
         if state.head == last_head && !state.faults.secondary {
             state.log(
